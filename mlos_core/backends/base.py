@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The backend plugin contract.
+
+A backend serves one model version from files on disk. Backends are discovered through
+the `mlos.backends` entry-point group; each declares the file formats it serves. A backend
+never imports FastAPI or grpc: transports live in mlos_core.protocols. Optional
+capabilities (text generation, embeddings) are separate interfaces a backend may also
+implement; routes for them exist only when a loaded model has them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output. `datatype` uses KServe v2 names (FP32, INT64, BYTES...);
+    -1 in `shape` is a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model version lives: `path` is the version directory
+    (`<repository>/<model>/<version>/`), `config` the model's parsed config (may be empty)."""
+
+    name: str
+    version: str
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """One loaded model version. Lifecycle: __init__ -> load() -> infer()* -> unload()."""
+
+    #: Plugin name, as shown in model metadata (`platform`).
+    name: ClassVar[str]
+    #: File suffixes this backend serves, e.g. (".onnx",).
+    formats: ClassVar[tuple[str, ...]]
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model; raise ModelLoadError with a clear message if the file is bad."""
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> list[TensorSpec]: ...
+
+    @abstractmethod
+    def infer(
+        self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the model. Inputs are validated by the data plane against `inputs` before
+        this is called; raise InvalidInputError for anything else the model rejects."""
+
+    @abstractmethod
+    def unload(self) -> None:
+        """Free everything load() took. Safe to call twice."""
