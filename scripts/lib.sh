@@ -15,7 +15,7 @@ _apt_updated=0
 apt_update_once() {
     if [ "$_apt_updated" -eq 0 ]; then
         log "apt-get update"
-        as_root apt-get update -qq >/dev/null || die "apt-get update failed" "check the Debian mirror in /etc/apt/sources.list.d/"
+        as_root apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null || die "apt-get update failed" "check the Debian mirror in /etc/apt/sources.list.d/"
         _apt_updated=1
     fi
 }
@@ -33,6 +33,6 @@ apt_install() {
     [ "${#missing[@]}" -eq 0 ] && return 0
     apt_update_once
     log "apt-get install ${suite[*]} ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${suite[@]}" "${missing[@]}" >/dev/null \
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${suite[@]}" "${missing[@]}" >/dev/null \
         || die "could not install: ${missing[*]}" "run 'apt-get install ${suite[*]} ${missing[*]}' by hand to see why"
 }
