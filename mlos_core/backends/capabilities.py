@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ServerBusyError
+from .base import CAP_EMBEDDINGS, CAP_TEXT_GENERATION
 
-#: Capability names (the same strings as mlos_core.backends.base.CAP_*).
-CAP_TEXT_GENERATION = "text_generation"
-CAP_EMBEDDINGS = "embeddings"
+__all__ = ["CAP_EMBEDDINGS", "CAP_TEXT_GENERATION"]  # re-exported for LLM backends
 
 #: Chat roles the service accepts; a template may restrict them further.
 CHAT_ROLES = ("system", "developer", "user", "assistant")

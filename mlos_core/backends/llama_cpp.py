@@ -78,9 +78,10 @@ class LlamaSettings:
                     values[f.name] = source[f.name]
                     break
         try:
-            settings = cls(
-                **{k: _as_bool(v) if k == "embeddings" else int(v) for k, v in values.items()}
-            )
+            typed: dict[str, Any] = {
+                k: _as_bool(v) if k == "embeddings" else int(v) for k, v in values.items()
+            }
+            settings = cls(**typed)
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"bad llama.cpp setting in the model config: {exc}") from exc
         for name in ("context_size", "threads", "batch_size", "queue_size"):

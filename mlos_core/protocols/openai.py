@@ -46,6 +46,7 @@ from .openai_schemas import (
     CompletionRequest,
     EmbeddingRequest,
     InvalidParamError,
+    MLOSTextRequest,
     parse,
 )
 
@@ -416,3 +417,90 @@ def make_openai_router(
     router.add_api_route("/v1/chat/completions", guard(chat_completions), methods=["POST"])
     router.add_api_route("/v1/embeddings", guard(embeddings), methods=["POST"])
     return router
+
+
+# ---- the service: models from the data plane, metrics in /metrics -------------------------
+class DataPlaneModels:
+    """LLMModels over the service's data plane: every loaded model whose backend generates
+    text, by name (its latest loaded version)."""
+
+    def __init__(self, plane: Any) -> None:
+        self.plane = plane
+
+    def text_models(self) -> list[ModelCard]:
+        cards = []
+        for name, state in sorted(self.plane.models.items()):
+            backend = state.latest
+            if backend is None or not backend.ready:
+                continue
+            if isinstance(backend, (TextGenerator, Embedder)):  # noqa: UP038
+                cards.append(ModelCard(name, int(state.latest.source.path.stat().st_mtime)))
+        return cards
+
+    def text_model(self, name: str) -> TextGenerator:
+        backend = self.plane.backend(name)
+        if not isinstance(backend, TextGenerator):
+            raise UnsupportedError(
+                f"model '{name}' is served by the {backend.name} backend, which does not "
+                "generate text"
+            )
+        return backend
+
+    def embedding_model(self, name: str) -> Embedder:
+        backend = self.plane.backend(name)
+        if not isinstance(backend, Embedder) or not getattr(backend, "can_embed", True):
+            raise UnsupportedError(
+                f"model '{name}' does not compute embeddings"
+                + (": set 'embeddings: true' in its config" if isinstance(backend, Embedder)
+                   else "")
+            )
+        return backend
+
+
+def llm_metrics(plane: Any) -> LLMMetrics:
+    """The service's LLM metrics: one per data plane, rendered into its /metrics."""
+    metrics = getattr(plane, "llm_metrics", None)
+    if metrics is None:
+        metrics = LLMMetrics()
+        plane.llm_metrics = metrics
+        plane.metrics.collectors.append(metrics.render)
+    return metrics
+
+
+def create_router(plane: Any) -> APIRouter:
+    """The app factory's hook (mlos_core.app.PROTOCOL_ROUTERS)."""
+    return make_openai_router(DataPlaneModels(plane), llm_metrics(plane))
+
+
+async def mlos_text_inference(
+    plane: Any, model_id: str, doc: dict[str, Any], request: Request | None = None
+) -> dict[str, Any]:
+    """The upstream MLOS route with a prompt: POST /models/{id}/inference
+    {"prompt": "...", "max_tokens": 128, "temperature": 0, "top_p", "seed", "stop"}.
+    Greedy (temperature 0) unless asked otherwise; the same queue as the OpenAI routes."""
+    t0 = time.perf_counter()
+    body: MLOSTextRequest = parse(MLOSTextRequest, {"model": model_id, **doc})
+    backend = plane.backend(model_id, body.version)
+    if not isinstance(backend, TextGenerator):
+        raise UnsupportedError(f"model '{model_id}' does not generate text; send 'inputs'")
+    call = await start_text(
+        _OneModel(backend), llm_metrics(plane), model_id, "mlos", body.prompt,
+        body.params(body.max_tokens), t0,
+    )
+    text = await complete_text(call, request)
+    result = call.stream.result
+    return {
+        "model_id": model_id,
+        "version": backend.source.version,  # type: ignore[attr-defined]
+        "text": text,
+        "finish_reason": result.finish_reason,
+        "usage": _usage(call.stream),
+    }
+
+
+class _OneModel(StaticModels):
+    def __init__(self, backend: TextGenerator) -> None:
+        self.backend = backend
+
+    def text_model(self, name: str) -> TextGenerator:
+        return self.backend

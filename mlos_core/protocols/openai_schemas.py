@@ -158,6 +158,15 @@ class ChatCompletionRequest(_Request):
         )
 
 
+class MLOSTextRequest(_Request):
+    """The upstream MLOS inference route with a prompt: greedy and 128 tokens by default."""
+
+    prompt: str
+    version: str | None = None
+    max_tokens: int | None = 128
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+
+
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 

