@@ -17,6 +17,11 @@ Settings (model config keys; defaults come from the service settings `llm_*`):
     chat_template Jinja chat template text (overrides the GGUF one)
     embeddings    true: also load an embedding context (/v1/embeddings)
     max_tokens    default completion length for the tensor (KServe / MLOS) route
+    prompt_cache  true: reuse the KV cache of the previous request's common prefix (faster
+                  multi-turn chat, but results then depend on what ran before: the float
+                  sums of a prompt evaluated in pieces differ in the last bits, enough to
+                  change a greedy choice). Off: every request is evaluated from scratch
+                  and equals a fresh in-process llama-cpp-python run.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class LlamaSettings:
     embeddings: bool = False
     max_tokens: int = 128
     seed: int = 0xFFFFFFFF
+    prompt_cache: bool = False
 
     @classmethod
     def from_config(
@@ -79,7 +85,8 @@ class LlamaSettings:
                     break
         try:
             typed: dict[str, Any] = {
-                k: _as_bool(v) if k == "embeddings" else int(v) for k, v in values.items()
+                k: _as_bool(v) if k in ("embeddings", "prompt_cache") else int(v)
+                for k, v in values.items()
             }
             settings = cls(**typed)
         except (TypeError, ValueError) as exc:
@@ -351,6 +358,8 @@ class _LlamaStream(TextStream):
         result = self.result
         result.finish_reason = "length"
         llama.set_seed(params.seed if params.seed is not None else secrets.randbits(32))
+        if not self._backend.settings.prompt_cache:
+            llama.reset()  # no prefix reuse: the same request always gives the same text
         tokens = llama.generate(
             self._prompt,
             top_k=0,

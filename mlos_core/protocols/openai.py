@@ -137,39 +137,56 @@ def error_response(exc: MLOSError) -> JSONResponse:
 _END = object()
 
 
-async def pump(stream: TextStream, request: Request | None = None) -> AsyncIterator[str]:
-    """Run a TextStream in a worker thread and yield its chunks here. Leaving the loop early
-    (client gone, task cancelled) cancels the stream, which frees the model's context."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+class Pump:
+    """Runs a TextStream in a worker thread from the moment of admission, so its queue slot
+    is always given back, even if the response never starts; `chunks()` yields the text
+    here. A client disconnect, or leaving `chunks()` early, cancels the stream, which frees
+    the model's context after the token being decoded. `on_done` runs in the worker
+    thread once the stream has ended (its result is final then)."""
 
-    def put(item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+    def __init__(
+        self,
+        stream: TextStream,
+        request: Request | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
 
-    def run() -> None:
+        def put(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+                loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+        def run() -> None:
+            try:
+                for chunk in stream:
+                    put(chunk)
+            except BaseException as exc:  # handed to the event loop, raised there
+                put(exc)
+            finally:
+                if on_done is not None:
+                    on_done()
+                put(_END)
+
+        self._watcher = (
+            asyncio.ensure_future(_cancel_on_disconnect(request, stream)) if request else None
+        )
+        threading.Thread(target=run, name="mlos-llm-generate", daemon=True).start()
+
+    async def chunks(self) -> AsyncIterator[str]:
         try:
-            for chunk in stream:
-                put(chunk)
-        except BaseException as exc:  # handed to the event loop, raised there
-            put(exc)
+            while True:
+                item = await self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
-            put(_END)
-
-    watcher = asyncio.ensure_future(_cancel_on_disconnect(request, stream)) if request else None
-    threading.Thread(target=run, name="mlos-llm-generate", daemon=True).start()
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stream.cancel()
-        if watcher is not None:
-            watcher.cancel()
+            self.stream.cancel()
+            if self._watcher is not None:
+                self._watcher.cancel()
 
 
 async def _cancel_on_disconnect(request: Request, stream: TextStream) -> None:
@@ -255,10 +272,8 @@ async def start_text(
 
 async def complete_text(call: _Call, request: Request | None = None) -> str:
     """Run a call to the end and return its text."""
-    try:
-        return "".join([chunk async for chunk in pump(call.stream, request)])
-    finally:
-        call.finish()
+    pump = Pump(call.stream, request, call.finish)
+    return "".join([chunk async for chunk in pump.chunks()])
 
 
 def make_openai_router(
@@ -323,16 +338,15 @@ def make_openai_router(
             return payload
 
         if body.stream:
+            pump = Pump(call.stream, request, call.finish)
+
             async def events() -> AsyncIterator[bytes]:
-                try:
-                    async for text in pump(call.stream, request):
-                        yield _sse(chunk(text, None))
-                    yield _sse(chunk("", call.stream.result.finish_reason))
-                    if body.include_usage:
-                        yield _sse({**chunk("", None), "choices": [], "usage": _usage(call.stream)})
-                    yield b"data: [DONE]\n\n"
-                finally:
-                    call.finish()
+                async for text in pump.chunks():
+                    yield _sse(chunk(text, None))
+                yield _sse(chunk("", call.stream.result.finish_reason))
+                if body.include_usage:
+                    yield _sse({**chunk("", None), "choices": [], "usage": _usage(call.stream)})
+                yield b"data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
         text = await complete_text(call, request)
@@ -367,17 +381,16 @@ def make_openai_router(
             return payload
 
         if body.stream:
+            pump = Pump(call.stream, request, call.finish)
+
             async def events() -> AsyncIterator[bytes]:
-                try:
-                    yield _sse(chunk({"role": "assistant", "content": ""}, None))
-                    async for text in pump(call.stream, request):
-                        yield _sse(chunk({"content": text}, None))
-                    yield _sse(chunk({}, call.stream.result.finish_reason))
-                    if body.include_usage:
-                        yield _sse({**chunk({}, None), "choices": [], "usage": _usage(call.stream)})
-                    yield b"data: [DONE]\n\n"
-                finally:
-                    call.finish()
+                yield _sse(chunk({"role": "assistant", "content": ""}, None))
+                async for text in pump.chunks():
+                    yield _sse(chunk({"content": text}, None))
+                yield _sse(chunk({}, call.stream.result.finish_reason))
+                if body.include_usage:
+                    yield _sse({**chunk({}, None), "choices": [], "usage": _usage(call.stream)})
+                yield b"data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
         text = await complete_text(call, request)
