@@ -198,7 +198,7 @@ def main() -> int:
             "mlos": lambda p: run_http(client, mlos_url, "gemma3-270m", p),
             "llama-server": lambda p: run_http(client, llama_url, "gemma3-270m", p),
         }
-        for name, fn in modes.items():  # warm-up: page the model in, start threads
+        for fn in modes.values():  # warm-up: page the model in, start threads
             fn(prompt_for(-1))
         texts: dict[str, set[str]] = {name: set() for name in modes}
         for run in range(args.runs):
