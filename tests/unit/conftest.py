@@ -32,7 +32,6 @@ def make_settings(repo: Path, **overrides: object) -> Settings:
         "grpc_port": 0,
         "model_repository": repo,
         "sysfs_root": repo.parent / "no-sysfs",
-        "grpc_enabled": False,
     }
     values.update(overrides)
     return load_settings(None, **values)
