@@ -220,7 +220,7 @@ async def read_json(request: Request) -> Any:
         return {}
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
 
 
@@ -286,7 +286,7 @@ def create_router(plane: DataPlane) -> APIRouter:
             body = body[:split]
         try:
             doc = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
         infer_request, binary_default = parse_infer_request(doc, binary, model_name, model_version)
         response = await plane.infer(infer_request)
