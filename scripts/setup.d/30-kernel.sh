@@ -5,7 +5,7 @@
 #
 # Kernels: Debian bookworm 6.1 (security/updates) and the bookworm-backports 6.12.
 # Compile-only: Ubuntu jammy 5.15 and noble 6.8 headers, extracted from Ubuntu's archive.
-apt_install qemu-system-x86 busybox-static cpio kmod build-essential bc flex bison libelf-dev
+apt_install qemu-system-x86 busybox-static cpio kmod build-essential bc flex bison libelf-dev dkms openssl xz-utils
 
 KCACHE="$REPO_ROOT/.cache/kernels"
 mkdir -p "$KCACHE"

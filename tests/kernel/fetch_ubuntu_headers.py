@@ -13,18 +13,26 @@ from __future__ import annotations
 
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable
 
 MIRROR = os.environ.get("MLOS_UBUNTU_MIRROR", "http://archive.ubuntu.com/ubuntu")
 RELEASES = {"jammy": "5.15.0", "noble": "6.8.0"}
 
 
-def _packages(release: str) -> dict[str, dict[str, str]]:
-    url = f"{MIRROR}/dists/{release}-updates/main/binary-amd64/Packages.xz"
+# Host tools in the headers (objtool, modpost) are linked against the release's glibc; where
+# that is newer than ours they run through the release's own loader and libraries.
+RUNTIME_LIBS = {"jammy": ["libc6", "libelf1", "zlib1g", "libzstd1"],
+                "noble": ["libc6", "libelf1t64", "zlib1g", "libzstd1"]}
+
+
+def _packages(pocket: str, wanted: Callable[[str], bool]) -> dict[str, dict[str, str]]:
+    url = f"{MIRROR}/dists/{pocket}/main/binary-amd64/Packages.xz"
     with urllib.request.urlopen(url, timeout=120) as resp:
         text = lzma.decompress(resp.read()).decode("utf-8", "replace")
     out: dict[str, dict[str, str]] = {}
@@ -35,7 +43,7 @@ def _packages(release: str) -> dict[str, dict[str, str]]:
                 key, _, value = line.partition(":")
                 fields[key] = value.strip()
         name = fields.get("Package")
-        if name and name.startswith("linux-headers-"):
+        if name and wanted(name):
             out[name] = fields
     return out
 
@@ -54,7 +62,7 @@ def fetch(dest: str, release: str, base: str) -> str:
     if os.path.exists(stamp):
         with open(stamp) as fh:
             return fh.read().strip()
-    pkgs = _packages(release)
+    pkgs = _packages(f"{release}-updates", lambda n: n.startswith("linux-headers-"))
     flavour = _depends(pkgs["linux-headers-generic"], f"linux-headers-{base}")
     common = _depends(pkgs[flavour], f"linux-headers-{base}")
     shutil.rmtree(target, ignore_errors=True)
@@ -65,9 +73,53 @@ def fetch(dest: str, release: str, base: str) -> str:
             urllib.request.urlretrieve(f"{MIRROR}/{pkgs[name]['Filename']}", deb)
             subprocess.run(["dpkg-deb", "-x", deb, target], check=True)
     kver = flavour.removeprefix("linux-headers-")
+    _wrap_new_glibc_tools(target, release, os.path.join(target, "usr/src", flavour))
     with open(stamp, "w") as fh:
         fh.write(kver + "\n")
     return kver
+
+
+def _glibc_needed(path: str) -> tuple[int, ...]:
+    out = subprocess.run(["objdump", "-T", path], capture_output=True, text=True).stdout
+    versions = [tuple(int(x) for x in v.split(".")) for v in re.findall(r"GLIBC_(\d+\.\d+)", out)]
+    return max(versions, default=(0,))
+
+
+def _wrap_new_glibc_tools(target: str, release: str, kdir: str) -> None:
+    host = tuple(int(x) for x in os.confstr("CS_GNU_LIBC_VERSION").split()[1].split("."))
+    tools = []
+    for root, _, names in os.walk(kdir):
+        for name in names:
+            path = os.path.join(root, name)
+            if name.endswith(".o") or os.path.islink(path) or not os.access(path, os.X_OK):
+                continue
+            with open(path, "rb") as fh:
+                if fh.read(4) != b"\x7fELF":
+                    continue
+            if _glibc_needed(path) > host:
+                tools.append(path)
+    if not tools:
+        return
+    libroot = os.path.abspath(os.path.join(target, "hostlibs"))
+    names = set(RUNTIME_LIBS[release])
+    pkgs = _packages(release, names.__contains__)
+    pkgs.update(_packages(f"{release}-updates", names.__contains__))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sorted(names):
+            deb = os.path.join(tmp, name + ".deb")
+            urllib.request.urlretrieve(f"{MIRROR}/{pkgs[name]['Filename']}", deb)
+            subprocess.run(["dpkg-deb", "-x", deb, libroot], check=True)
+    loader = os.path.join(libroot, "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    if not os.path.exists(loader):
+        loader = os.path.join(libroot, "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    libdirs = ":".join(os.path.join(libroot, d) for d in
+                       ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"))
+    for tool in tools:
+        tool = os.path.abspath(tool)
+        os.rename(tool, tool + ".real")
+        with open(tool, "w") as fh:
+            fh.write(f'#!/bin/sh\nexec "{loader}" --library-path "{libdirs}" "{tool}.real" "$@"\n')
+        os.chmod(tool, 0o755)
 
 
 def main() -> int:

@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 KERNEL_SRC = REPO / "kernel"
 KCACHE = REPO / ".cache" / "kernels"
 INIT_SCRIPT = Path(__file__).with_name("guest_init.sh")
-MODULE_SOURCES = ("Kbuild", "Makefile", "compat.h", "mlos_ml.h", "main.c", "pool.c", "sched.c",
-                  "gpu.c", "include")
+MODULE_SOURCES = ("Kbuild", "Makefile", "dkms.conf", "compat.h", "mlos_ml.h", "main.c", "pool.c",
+                  "sched.c", "gpu.c", "include")
+UBUNTU_HEADERS = REPO / ".cache" / "ubuntu-headers"
 
 
 def guest_kernels() -> list[str]:
@@ -53,21 +54,32 @@ class ModuleBuild:
 
     @property
     def warnings(self) -> list[str]:
+        # Kbuild's own note that the compiler differs from the kernel's is not about our code.
         return [ln for ln in self.log.splitlines() if re.search(r"\bwarning\b", ln, re.I)
-                and "Skipping BTF" not in ln]
+                and "Skipping BTF" not in ln and "compiler differs" not in ln]
 
 
-def build_module(kdir: Path, workdir: Path, extra: Iterable[str] = ()) -> ModuleBuild:
-    """Compile kernel/ out of tree against kdir in a private copy (kernels build in parallel)."""
-    src = workdir / "mlos_ml_src"
-    shutil.rmtree(src, ignore_errors=True)
-    src.mkdir(parents=True)
+def copy_sources(dest: Path) -> Path:
+    """A private copy of the module sources (builds for several kernels must not collide)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     for name in MODULE_SOURCES:
         path = KERNEL_SRC / name
         if path.is_dir():
-            shutil.copytree(path, src / name)
+            shutil.copytree(path, dest / name)
         else:
-            shutil.copy2(path, src / name)
+            shutil.copy2(path, dest / name)
+    return dest
+
+
+def ubuntu_headers(release: str) -> Path | None:
+    found = sorted((UBUNTU_HEADERS / release / "usr" / "src").glob("linux-headers-*-generic"))
+    return found[-1] if found else None
+
+
+def build_module(kdir: Path, workdir: Path, extra: Iterable[str] = ()) -> ModuleBuild:
+    """Compile kernel/ out of tree against kdir, the way the image builder does."""
+    src = copy_sources(workdir / "mlos_ml_src")
     proc = subprocess.run(["make", "-C", str(kdir), f"M={src}", "modules", *extra],
                           capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
