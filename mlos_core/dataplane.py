@@ -201,7 +201,8 @@ class DataPlane:
             for version in versions:
                 path = model.path / version
                 cls, file = self.plugins.select(path, model.config)
-                backend = cls(ModelSource(model.name, version, path, model.config, file))
+                source = ModelSource(model.name, version, path, model.config, file, self.settings)
+                backend = cls(source)
                 try:
                     backend.load()
                 except MLOSError:

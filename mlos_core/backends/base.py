@@ -39,6 +39,9 @@ class ModelSource:
     path: Path
     config: dict[str, Any] = field(default_factory=dict)
     model_file: Path | None = None
+    #: The service settings (mlos_core.settings.Settings), for backend defaults such as
+    #: llm_context_size; None outside the service.
+    settings: Any = None
 
 
 #: Capability names. Every backend has INFER (tensors in, tensors out); optional

@@ -174,6 +174,10 @@ def create_router(plane: DataPlane) -> APIRouter:
     @router.post("/models/{model_id}/inference", openapi_extra=_INFERENCE_OPENAPI)
     async def inference(model_id: str, request: Request) -> Response:
         doc = await read_json(request)
+        if isinstance(doc, dict) and "prompt" in doc:  # a language model: text in, text out
+            from .openai import mlos_text_inference
+
+            return JSONResponse(await mlos_text_inference(plane, model_id, doc, request))
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
             raise InvalidInputError("body must be {\"inputs\": {\"<input name>\": [...]}}")
         version = doc.get("version")
