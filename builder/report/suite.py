@@ -89,15 +89,14 @@ def run_suite(target: Target, settings: SuiteSettings, label: str | None = None,
         "llm": None,
         "notes": [],
     }
-    models = onnx_models(target)
-    if settings.models:
-        models = [m for m in models if m["name"] in settings.models]
+    served = onnx_models(target)
+    models = [m for m in served if not settings.models or m["name"] in settings.models]
     results["models"] = models
     if not models:
         results["notes"].append("the service listed no ready ONNX model in /v2/repository/index")
     for model in models:
         _bench_model(target, settings, model, results, say)
-    _bench_tensors(target, settings, models, results, say)
+    _bench_tensors(target, settings, served, results, say)
     if settings.llm:
         ids = llm_models(target)
         if ids:

@@ -32,17 +32,17 @@ MIB = 1 << 20
 
 
 def pick_model(models: list[dict[str, Any]], name: str | None) -> dict[str, Any] | None:
-    """The named model, or the first with one FP32 input that has a dynamic dimension."""
+    """The named model, else one with a single dynamic FP32 input (fewest fixed dims)."""
+    if name is not None:
+        return next((m for m in models if m["name"] == name), None)
+    candidates = []
     for model in models:
-        if name is not None:
-            if model["name"] == name:
-                return model
-            continue
         inputs = model.get("inputs", [])
         if (len(inputs) == 1 and inputs[0].get("datatype") == "FP32"
                 and any(int(d) < 0 for d in inputs[0].get("shape", []))):
-            return model
-    return None
+            fixed = sum(1 for d in inputs[0]["shape"] if int(d) > 0)
+            candidates.append((fixed, model["name"], model))
+    return min(candidates, key=lambda c: c[:2])[2] if candidates else None
 
 
 def tensor_for(input_meta: dict[str, Any], nbytes: int) -> np.ndarray:
@@ -72,7 +72,7 @@ class _Caller:
         self.out_names = [str(o["name"]) for o in model["outputs"]]
         self.headers = dict(target.headers) or None
         self.regions: list[tuple[str, Any]] = []
-        self.shm_outputs: list[tuple[str, Any, str, list[int], int]] = []
+        self.shm_outputs: list[tuple[str, Any, np.dtype[Any], list[int], int]] = []
         if transport == "grpc":
             if not target.grpc_url:
                 raise RuntimeError("no gRPC address given")
@@ -129,9 +129,7 @@ class _Caller:
             out = self.mod.InferRequestedOutput(name, binary_data=True)
             out.set_shared_memory(region, ref.nbytes)
             self.outputs.append(out)
-            dtype = {"float32": "FP32", "float64": "FP64", "int64": "INT64",
-                     "int32": "INT32"}.get(str(ref.dtype), "FP32")
-            self.shm_outputs.append((name, handle, dtype, list(ref.shape), ref.nbytes))
+            self.shm_outputs.append((name, handle, ref.dtype, list(ref.shape), ref.nbytes))
 
     def call(self) -> dict[str, np.ndarray]:
         result = self.client.infer(self.model["name"], self.inputs,
