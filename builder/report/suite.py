@@ -38,7 +38,7 @@ class SuiteSettings:
     tensor_model: str | None = None
     tensor_sizes_mib: list[float] = field(default_factory=lambda: [1.0, 4.0, 16.0])
     tensor_requests: int = 10
-    json_requests: int = 3
+    json_requests: int = 2
     json_max_mib: float = 16.0
     llm: bool = True
     llm_requests: int = 3
