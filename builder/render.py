@@ -61,9 +61,12 @@ class ImageSpec:
                 *dist.kernel_packages]
 
     def build_packages(self) -> list[str]:
-        if self.variant.module is None:
-            return []
-        return [*self.distribution.headers_packages, "gcc", "make", "kmod"]
+        packages: list[str] = []
+        if self.variant.module is not None:
+            packages += [*self.distribution.headers_packages, "gcc", "make", "kmod"]
+        if self.with_llm:
+            packages += ["g++", "cmake", "python3-dev", "python3-venv"]
+        return list(dict.fromkeys(packages))
 
     def context(self) -> dict[str, Any]:
         dist = self.distribution
@@ -102,6 +105,8 @@ def render(spec: ImageSpec, dest: Path) -> list[Path]:
         keep_trailing_newline=True,
         autoescape=False,
     )
+    # `py` writes a value as a Python literal (for the in-guest Python check script).
+    env.filters["py"] = repr
     context = spec.context()
     if dest.exists():
         shutil.rmtree(dest)

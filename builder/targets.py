@@ -185,6 +185,7 @@ class MkosiDiskTarget(Target):
             for pkg in json.loads(mkosi_manifest.read_text()).get("packages", []):
                 packages.append({"name": pkg["name"], "version": pkg["version"]})
         python_packages = json.loads(read("mlos-python-packages.json") or "[]")
+        installed = {p["name"].lower(): p["version"] for p in python_packages}
         return {
             "distribution": spec.distribution.name,
             "release": spec.release,
@@ -193,7 +194,9 @@ class MkosiDiskTarget(Target):
             "kernel_version": read("mlos-kernel-version"),
             "module_vermagic": read("mlos-module-vermagic"),
             "module_parameters": spec.variant.module.parameters if spec.variant.module else None,
-            "mlos_version": spec.mlos_version,
+            "mlos_build_version": spec.mlos_version,
+            # The MLOS Core wheel installed in /opt/mlos/venv (from --mlos-source).
+            "mlos_core_version": installed.get("mlos"),
             "mirror": spec.mirror,
             "with_llm": spec.with_llm,
             "packages": packages,

@@ -105,3 +105,29 @@ def test_a_template_with_an_undefined_value_fails(tmp_path: Path,
     monkeypatch.setenv("MLOS_IMAGES_DIR", str(images))
     with pytest.raises(BuildError, match="undefined"):
         render(ImageSpec.create("ubuntu", "full", **FIXED), tmp_path / "out")
+
+
+def test_llm_option_compiles_llama_cpp_in_the_build_overlay(tmp_path: Path) -> None:
+    spec = ImageSpec.create("debian", "userspace", with_llm=True, **FIXED)
+    render(spec, tmp_path)
+    build = (tmp_path / "mkosi.build.chroot").read_text()
+    assert "pip wheel" in build and "llama-cpp-python" in build
+    assert "GGML_NATIVE=OFF" in build
+    assert "make -C" not in build  # userspace: no module
+    assert {"cmake", "g++"} <= set(spec.build_packages())
+    assert "[llm]" in (tmp_path / "mkosi.postinst.chroot").read_text()
+
+
+@pytest.mark.parametrize("variant", variant_names())
+def test_guest_smoke_test_is_valid_python_with_the_variant_expectations(
+        tmp_path: Path, variant: str) -> None:
+    spec = ImageSpec.create("debian", variant, **FIXED)
+    render(spec, tmp_path)
+    script = (tmp_path / "mkosi.extra/usr/libexec/mlos/smoke-test").read_text()
+    namespace: dict[str, object] = {}
+    # Run the module's top level only (main is guarded by __name__).
+    exec(compile(script, "smoke-test", "exec"), namespace)
+    assert namespace["RUNTIME_MODE"] == spec.variant.runtime_mode
+    expected = spec.variant.module.parameters if spec.variant.module else None
+    assert namespace["MODULE_PARAMETERS"] == expected
+    assert namespace["DEMO_EXPECTED"] == [3.0, 5.0, 7.0, 9.0]
