@@ -31,12 +31,22 @@ class TensorSpec:
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model version lives: `path` is the version directory
-    (`<repository>/<model>/<version>/`), `config` the model's parsed config (may be empty)."""
+    (`<repository>/<model>/<version>/`), `config` the model's parsed config (may be empty),
+    `model_file` the file in it that the plugin manager matched to this backend's formats."""
 
     name: str
     version: str
     path: Path
     config: dict[str, Any] = field(default_factory=dict)
+    model_file: Path | None = None
+
+
+#: Capability names. Every backend has INFER (tensors in, tensors out); optional
+#: capabilities are extra interfaces, and protocol routers for them are mounted only when an
+#: installed backend declares them (see mlos_core.app.OPTIONAL_ROUTERS).
+CAP_INFER = "infer"
+CAP_TEXT_GENERATION = "text_generation"
+CAP_EMBEDDINGS = "embeddings"
 
 
 class Backend(ABC):
@@ -46,6 +56,8 @@ class Backend(ABC):
     name: ClassVar[str]
     #: File suffixes this backend serves, e.g. (".onnx",).
     formats: ClassVar[tuple[str, ...]]
+    #: What the backend can do (CAP_* names above).
+    capabilities: ClassVar[frozenset[str]] = frozenset({CAP_INFER})
 
     def __init__(self, source: ModelSource) -> None:
         self.source = source

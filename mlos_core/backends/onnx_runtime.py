@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The built-in ONNX Runtime backend (.onnx files)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import InvalidInputError, ModelLoadError, ModelNotReadyError
+from .base import Backend, ModelSource, TensorSpec
+
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or ()))
+    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+
+class OnnxRuntimeBackend(Backend):
+    """One InferenceSession per model version, reused for every request.
+
+    Parallelism comes from the service's inference thread pool (one request per thread);
+    each session therefore uses few intra-op threads and no spinning, which keeps latency
+    steady when several requests run at once. `config.yaml` may set `intra_op_threads`.
+    """
+
+    name: ClassVar[str] = "onnxruntime"
+    formats: ClassVar[tuple[str, ...]] = (".onnx",)
+
+    def __init__(self, source: ModelSource) -> None:
+        super().__init__(source)
+        self._session: Any = None
+        self._inputs: list[TensorSpec] = []
+        self._outputs: list[TensorSpec] = []
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        file = self.source.model_file or next(self.source.path.glob("*.onnx"), None)
+        if file is None:
+            raise ModelLoadError(f"{self.source.path}: no .onnx file")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(self.source.config.get("intra_op_threads", 1))
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(file), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for corrupt files
+            raise ModelLoadError(f"{file.name}: ONNX Runtime cannot load it: {exc}") from exc
+        self._inputs = [_spec(a) for a in session.get_inputs()]
+        self._outputs = [_spec(a) for a in session.get_outputs()]
+        self._session = session
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def infer(
+        self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise ModelNotReadyError(f"model {self.source.name!r} is not loaded")
+        names = output_names or [o.name for o in self._outputs]
+        try:
+            results = session.run(names, inputs)
+        except Exception as exc:  # bad values the model itself rejects (e.g. index range)
+            raise InvalidInputError(f"the model rejected the input: {exc}") from exc
+        return dict(zip(names, results, strict=True))
+
+    def unload(self) -> None:
+        self._session = None

@@ -1,0 +1,480 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The data plane: the one place that knows models, backends, validation and metrics.
+
+REST and gRPC handlers convert a request into the neutral types below and call the same
+method here; they hold no inference logic. Backends run on a bounded thread pool so the
+event loop never blocks on compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .backends.base import Backend, ModelSource, TensorSpec
+from .errors import (
+    InvalidInputError,
+    MLOSError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    RequestTimeoutError,
+    ServerBusyError,
+)
+from .metrics import Metrics
+from .plugins import PluginManager
+from .protocols.shm import SharedMemoryRegistry
+from .registry import ModelRepository, RepositoryModel
+from .runtime_mode import RuntimeMode, detect
+from .settings import Settings
+from .tensors import datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "mlos-core"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory", "statistics"]
+
+
+@dataclass(slots=True)
+class ShmRef:
+    region: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(slots=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray | None = None  # None: read from `shm`
+    shm: ShmRef | None = None
+
+
+@dataclass(slots=True)
+class OutputRequest:
+    name: str
+    binary: bool | None = None
+    shm: ShmRef | None = None
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model: str
+    version: str | None
+    inputs: list[InputTensor]
+    outputs: list[OutputRequest] | None = None
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "rest"
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray | None  # None: written to `shm`
+    binary: bool | None = None
+    shm: ShmRef | None = None
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model: str
+    version: str
+    outputs: list[OutputTensor]
+    id: str | None = None
+
+
+@dataclass
+class ModelState:
+    name: str
+    state: str = "UNAVAILABLE"  # READY | UNAVAILABLE | LOADING | UNLOADING
+    reason: str = ""
+    versions: dict[str, Backend] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> Backend | None:
+        if not self.versions:
+            return None
+        return self.versions[max(self.versions, key=int)]
+
+
+class DataPlane:
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: PluginManager | None = None,
+        repository: ModelRepository | None = None,
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins or PluginManager().discover()
+        self.repository = repository or ModelRepository(settings.model_repository)
+        self.metrics = Metrics()
+        self.shm = SharedMemoryRegistry()
+        self.runtime: RuntimeMode = detect(settings.sysfs_root)
+        self.models: dict[str, ModelState] = {}
+        self.draining = False
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.threads, thread_name_prefix="mlos-infer"
+        )
+        self._idle = threading.Condition(self._lock)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Prepare the repository and load what it holds (failures are reported per model,
+        never fatal: one corrupt model must not keep the others from being served)."""
+        self.repository.ensure()
+        for model in self.repository.scan():
+            state = self.models.setdefault(model.name, ModelState(model.name))
+            if not self.settings.load_models_at_start:
+                continue
+            try:
+                self.load_model(model.name)
+            except MLOSError as exc:
+                log.warning("model %s not loaded: %s", model.name, exc)
+                state.reason = str(exc)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for state in list(self.models.values()):
+            for backend in state.versions.values():
+                backend.unload()
+        self.shm.unregister()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no inference is in flight (graceful shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    # ---- models ----------------------------------------------------------------------------
+    def load_model(self, name: str) -> None:
+        """(Re)load a model's versions from the repository. Triton's default policy: the
+        latest version; `version_policy: all` in the model config loads every version."""
+        repo_model = self.repository.get(name)
+        with self._model_lock:
+            state = self.models.setdefault(name, ModelState(name))
+        backends = self._load_versions(repo_model)
+        with self._model_lock:
+            old = state.versions
+            state.versions = backends
+            state.state = "READY"
+            state.reason = ""
+        for version, backend in old.items():
+            if backends.get(version) is not backend:
+                backend.unload()
+
+    def _load_versions(self, model: RepositoryModel) -> dict[str, Backend]:
+        if not model.versions:
+            raise ModelLoadError(f"model {model.name!r} has no version directory (e.g. 1/)")
+        policy = model.config.get("version_policy", "latest")
+        versions = model.versions if policy == "all" else model.versions[-1:]
+        loaded: dict[str, Backend] = {}
+        try:
+            for version in versions:
+                path = model.path / version
+                cls, file = self.plugins.select(path, model.config)
+                backend = cls(ModelSource(model.name, version, path, model.config, file))
+                try:
+                    backend.load()
+                except MLOSError:
+                    raise
+                except Exception as exc:  # a plugin's own error: still a load failure
+                    raise ModelLoadError(f"{model.name} v{version}: {exc}") from exc
+                loaded[version] = backend
+        except Exception:
+            for backend in loaded.values():
+                backend.unload()
+            raise
+        return loaded
+
+    def unload_model(self, name: str) -> None:
+        with self._model_lock:
+            state = self.models.get(name)
+            if state is None:
+                self.repository.get(name)  # raises ModelNotFoundError when unknown
+                return
+            old, state.versions = state.versions, {}
+            state.state, state.reason = "UNAVAILABLE", "unloaded"
+        for backend in old.values():
+            backend.unload()
+
+    def register_model(
+        self,
+        name: str,
+        files: list[tuple[str, Path | bytes]],
+        version: str | None = None,
+        config: dict[str, Any] | None = None,
+        load: bool = True,
+    ) -> tuple[str, str]:
+        name, version = self.repository.add_version(name, files, version, config)
+        with self._model_lock:
+            self.models.setdefault(name, ModelState(name))
+        if load:
+            try:
+                self.load_model(name)
+            except MLOSError:
+                # Registration of a file no backend can load must not leave a broken model.
+                self.repository.delete(name, version)
+                if not self.repository.get(name).versions:
+                    self.repository.delete(name)
+                    self.models.pop(name, None)
+                raise
+        return name, version
+
+    def delete_model(self, name: str, version: str | None = None) -> None:
+        if version is None:
+            self.unload_model(name)
+            self.repository.delete(name)
+            self.models.pop(name, None)
+        else:
+            self.repository.delete(name, version)
+            self.load_model(name)
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        index = []
+        names = {m.name for m in self.repository.scan()} | set(self.models)
+        for name in sorted(names):
+            state = self.models.get(name) or ModelState(name)
+            if ready_only and state.state != "READY":
+                continue
+            entry: dict[str, Any] = {"name": name, "state": state.state, "reason": state.reason}
+            latest = state.latest
+            if latest is not None:
+                entry["version"] = latest.source.version
+            index.append(entry)
+        return index
+
+    def backend(self, name: str, version: str | None = None) -> Backend:
+        state = self.models.get(name)
+        if state is None:
+            raise ModelNotFoundError(f"unknown model {name!r}")
+        if version:
+            backend = state.versions.get(version)
+            if backend is None:
+                if state.state == "READY":
+                    raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r}")
+                raise ModelNotReadyError(f"model {name!r} is not loaded ({state.reason})")
+        else:
+            backend = state.latest
+            if backend is None:
+                raise ModelNotReadyError(
+                    f"model {name!r} is not loaded" + (f" ({state.reason})" if state.reason else "")
+                )
+        if not backend.ready:
+            raise ModelNotReadyError(f"model {name!r} is not ready")
+        return backend
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            return self.backend(name, version).ready and not self.draining
+        except ModelNotReadyError:
+            return False
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        backend = self.backend(name, version)
+        state = self.models[name]
+
+        def specs(items: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+
+        return {
+            "name": name,
+            "versions": sorted(state.versions, key=int),
+            "platform": backend.name,
+            "inputs": specs(backend.inputs),
+            "outputs": specs(backend.outputs),
+        }
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def health(self) -> dict[str, Any]:
+        states = [m.state for m in self.models.values()]
+        return {
+            "status": "draining" if self.draining else "ok",
+            "version": __version__,
+            **self.runtime.to_dict(),
+            "models": {
+                "total": len(states),
+                "ready": states.count("READY"),
+                "unavailable": len(states) - states.count("READY"),
+            },
+            "backends": self.plugins.formats(),
+        }
+
+    # ---- inference -------------------------------------------------------------------------
+    def _admit(self) -> None:
+        with self._lock:
+            if self.draining:
+                raise ServerBusyError("the server is shutting down; retry on another instance")
+            if self._in_flight >= self.settings.max_concurrency:
+                raise ServerBusyError(
+                    f"{self._in_flight} requests in flight (max_concurrency); retry later"
+                )
+            self._in_flight += 1
+
+    def _release(self, _future: Any = None) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.notify_all()
+
+    def _submit(self, request: InferRequest) -> concurrent.futures.Future[InferResponse]:
+        backend = self.backend(request.model, request.version)
+        self._admit()
+        try:
+            future = self._executor.submit(self._run, backend, request, time.perf_counter())
+        except RuntimeError:  # executor shut down
+            self._release()
+            raise ServerBusyError("the server is shutting down") from None
+        future.add_done_callback(self._release)
+        return future
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        try:
+            future = self._submit(request)
+            try:
+                return await asyncio.wait_for(
+                    asyncio.wrap_future(future), self.settings.request_timeout_s
+                )
+            except asyncio.TimeoutError:
+                future.cancel()
+                raise RequestTimeoutError(
+                    f"inference took longer than {self.settings.request_timeout_s}s"
+                ) from None
+        except MLOSError as exc:
+            self.metrics.failure(request.model, request.protocol, type(exc).__name__)
+            raise
+
+    def infer_blocking(self, request: InferRequest) -> InferResponse:
+        """For transports that run on their own threads (the gRPC server)."""
+        try:
+            future = self._submit(request)
+            try:
+                return future.result(self.settings.request_timeout_s)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise RequestTimeoutError(
+                    f"inference took longer than {self.settings.request_timeout_s}s"
+                ) from None
+        except MLOSError as exc:
+            self.metrics.failure(request.model, request.protocol, type(exc).__name__)
+            raise
+
+    def _run(self, backend: Backend, request: InferRequest, queued_at: float) -> InferResponse:
+        started = time.perf_counter()
+        arrays = self._validated_inputs(backend, request)
+        wanted = request.outputs
+        known = {o.name: o for o in backend.outputs}
+        if wanted:
+            for requested in wanted:
+                if requested.name not in known:
+                    raise InvalidInputError(
+                        f"model {request.model!r} has no output {requested.name!r}; "
+                        f"outputs: {sorted(known)}"
+                    )
+            names = [o.name for o in wanted]
+        else:
+            names = list(known)
+        results = backend.infer(arrays, names)
+        compute_done = time.perf_counter()
+        outputs: list[OutputTensor] = []
+        requests_by_name = {o.name: o for o in wanted or ()}
+        for name in names:
+            array = np.asarray(results[name])
+            req = requests_by_name.get(name)
+            tensor = OutputTensor(name, datatype_of(array), array.shape, array)
+            if req is not None:
+                tensor.binary = req.binary
+                if req.shm is not None:
+                    self._write_shm(req.shm, array, name)
+                    tensor.shm, tensor.data = req.shm, None
+            outputs.append(tensor)
+        self.metrics.record(
+            request.model, request.protocol, started - queued_at, compute_done - started
+        )
+        return InferResponse(request.model, backend.source.version, outputs, request.id)
+
+    def _validated_inputs(self, backend: Backend, request: InferRequest) -> dict[str, np.ndarray]:
+        specs = {s.name: s for s in backend.inputs}
+        arrays: dict[str, np.ndarray] = {}
+        for tensor in request.inputs:
+            spec = specs.get(tensor.name)
+            if spec is None:
+                raise InvalidInputError(
+                    f"model {request.model!r} has no input {tensor.name!r}; "
+                    f"inputs: {sorted(specs)}"
+                )
+            if tensor.name in arrays:
+                raise InvalidInputError(f"input {tensor.name!r} given twice")
+            if tensor.datatype != spec.datatype:
+                raise InvalidInputError(
+                    f"input {tensor.name!r}: datatype {tensor.datatype} but the model expects "
+                    f"{spec.datatype}"
+                )
+            shape = tensor.shape
+            if spec.shape and (
+                len(shape) != len(spec.shape)
+                or any(s != -1 and s != d for s, d in zip(spec.shape, shape, strict=True))
+            ):
+                raise InvalidInputError(
+                    f"input {tensor.name!r}: shape {list(shape)} does not match the model's "
+                    f"{list(spec.shape)} (-1 is any size)"
+                )
+            data = tensor.data
+            if data is None:
+                if tensor.shm is None:
+                    raise InvalidInputError(f"input {tensor.name!r} has no data")
+                data = self._read_shm(tensor)
+            arrays[tensor.name] = data
+        missing = set(specs) - set(arrays)
+        if missing:
+            raise InvalidInputError(f"missing inputs {sorted(missing)} for model {request.model!r}")
+        return arrays
+
+    def _read_shm(self, tensor: InputTensor) -> np.ndarray:
+        assert tensor.shm is not None
+        region = self.shm.get(tensor.shm.region)
+        dtype = numpy_dtype(tensor.datatype)
+        needed = element_count(tensor.shape) * dtype.itemsize
+        if tensor.datatype != "BYTES" and tensor.shm.byte_size != needed:
+            raise InvalidInputError(
+                f"input {tensor.name!r}: shared_memory_byte_size {tensor.shm.byte_size} but shape "
+                f"{list(tensor.shape)} of {tensor.datatype} needs {needed}"
+            )
+        view = region.view(tensor.shm.offset, tensor.shm.byte_size)
+        return from_bytes(view, tensor.datatype, tensor.shape, tensor.name)
+
+    def _write_shm(self, ref: ShmRef, array: np.ndarray, name: str) -> None:
+        data = to_bytes(array)
+        size = len(data) if isinstance(data, bytes) else data.nbytes
+        if size > ref.byte_size:
+            raise InvalidInputError(
+                f"output {name!r} needs {size} bytes; shared memory gives {ref.byte_size}"
+            )
+        view = self.shm.get(ref.region).view(ref.offset, size)
+        view[:] = data

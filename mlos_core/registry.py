@@ -1,0 +1,198 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The model repository on disk, laid out like Triton's:
+
+    <repository>/<model>/<version>/<model file(s)>
+    <repository>/<model>/config.yaml | config.json      (optional)
+
+Versions are positive integers. Every write is staged in a hidden directory inside the
+repository (same filesystem) and renamed into place, so a crash mid-registration leaves
+only a hidden staging directory that the next start removes, never a half model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_STAGING_PREFIX = ".staging-"
+_TRASH_PREFIX = ".trash-"
+CONFIG_FILES = ("config.yaml", "config.yml", "config.json")
+
+
+def check_model_name(name: str) -> str:
+    if not _NAME.match(name) or name in (".", ".."):
+        raise InvalidInputError(
+            f"invalid model name {name!r}: use letters, digits, '_', '-', '.' (max 128)"
+        )
+    return name
+
+
+def check_version(version: str) -> str:
+    if not version.isdigit() or int(version) <= 0 or len(version) > 18:
+        raise InvalidInputError(f"invalid model version {version!r}: use a positive integer")
+    return str(int(version))
+
+
+@dataclass
+class RepositoryModel:
+    """One model directory: its versions (ascending) and parsed config."""
+
+    name: str
+    path: Path
+    versions: list[str]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> str | None:
+        return self.versions[-1] if self.versions else None
+
+
+class ModelRepository:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def ensure(self) -> None:
+        """Create the repository if needed and remove leftovers of interrupted writes."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for entry in self.root.iterdir():
+            if entry.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    # ---- reading -------------------------------------------------------------------------
+    def scan(self) -> list[RepositoryModel]:
+        if not self.root.is_dir():
+            return []
+        models = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") or not entry.is_dir() or not _NAME.match(entry.name):
+                continue
+            models.append(self._read_model(entry))
+        return models
+
+    def get(self, name: str) -> RepositoryModel:
+        path = self.root / check_model_name(name)
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model {name!r} is not in the repository")
+        return self._read_model(path)
+
+    def _read_model(self, path: Path) -> RepositoryModel:
+        versions = sorted(
+            (p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name)),
+            key=int,
+        )
+        return RepositoryModel(path.name, path, versions, self._read_config(path))
+
+    @staticmethod
+    def _read_config(model_dir: Path) -> dict[str, Any]:
+        for name in CONFIG_FILES:
+            file = model_dir / name
+            if file.is_file():
+                try:
+                    text = file.read_text()
+                    data = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+                except (OSError, ValueError, yaml.YAMLError) as exc:
+                    raise ModelLoadError(f"{file}: unreadable model config: {exc}") from exc
+                if data is None:
+                    return {}
+                if not isinstance(data, dict):
+                    raise ModelLoadError(f"{file}: model config must be a mapping")
+                return data
+        return {}
+
+    # ---- writing -------------------------------------------------------------------------
+    def _staging_dir(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.root))
+
+    def add_version(
+        self,
+        name: str,
+        files: Iterable[tuple[str, Path | bytes]],
+        version: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> tuple[str, str]:
+        """Add a version made of `files` ((filename, source path or bytes) pairs).
+
+        Returns (name, version). Without `version` the next integer is used. The version
+        directory appears atomically (rename of a fully written staging directory).
+        """
+        check_model_name(name)
+        model_dir = self.root / name
+        existing = self._read_model(model_dir).versions if model_dir.is_dir() else []
+        if version is None:
+            version = str(int(existing[-1]) + 1 if existing else 1)
+        version = check_version(version)
+        if version in existing:
+            raise InvalidInputError(f"model {name!r} already has version {version}")
+        staging = self._staging_dir()
+        try:
+            staged_model = staging / name
+            staged_version = staged_model / version
+            staged_version.mkdir(parents=True)
+            count = 0
+            for filename, source in files:
+                if not filename or "/" in filename or filename.startswith("."):
+                    raise InvalidInputError(f"invalid model file name {filename!r}")
+                target = staged_version / filename
+                if isinstance(source, bytes):
+                    target.write_bytes(source)
+                elif source.is_dir():
+                    shutil.copytree(source, target)
+                else:
+                    shutil.copyfile(source, target)
+                count += 1
+            if not count:
+                raise InvalidInputError("a model version needs at least one file")
+            if config:
+                (staged_model / "config.json").write_text(json.dumps(config, indent=2))
+            for path in staged_model.rglob("*"):
+                if path.is_file():
+                    _fsync(path)
+            if not model_dir.exists():
+                os.rename(staged_model, model_dir)  # the whole model appears at once
+            else:
+                os.rename(staged_version, model_dir / version)
+                if config and not any((model_dir / c).exists() for c in CONFIG_FILES):
+                    os.rename(staged_model / "config.json", model_dir / "config.json")
+            _fsync_dir(self.root)
+            _fsync_dir(model_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return name, version
+
+    def delete(self, name: str, version: str | None = None) -> None:
+        """Remove a model (or one version): renamed away first, so it vanishes atomically."""
+        model = self.get(name)
+        target = model.path if version is None else model.path / check_version(version)
+        if not target.is_dir():
+            raise ModelNotFoundError(f"model {name!r} has no version {version}")
+        trash = self.root / (_TRASH_PREFIX + os.urandom(8).hex())
+        os.rename(target, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Some filesystems refuse fsync on directories; the rename still holds.
+    with contextlib.suppress(OSError):
+        _fsync(path)

@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Which runtime mode the service runs in, read from the mlos_ml module's parameters.
+
+    <sysfs_root>/module/mlos_ml/parameters/{debug_level,enable_tmm,enable_scheduler,
+                                             enable_gpu_manager}
+
+No module: `userspace`. Module loaded: `kernel_full` with the GPU manager on,
+`kernel_scheduler` with the scheduler on, else `kernel_basic`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+USERSPACE = "userspace"
+KERNEL_BASIC = "kernel_basic"
+KERNEL_SCHEDULER = "kernel_scheduler"
+KERNEL_FULL = "kernel_full"
+
+_TRUE = {"y", "1", "yes", "true", "on"}
+
+
+def parse_bool(text: str) -> bool:
+    """Kernel bool params read back as Y/N (older kernels and int params: 1/0)."""
+    return text.strip().lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class RuntimeMode:
+    mode: str
+    parameters: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runtime_mode": self.mode, "module": self.parameters}
+
+
+def _value(text: str) -> Any:
+    text = text.strip()
+    if text.upper() in ("Y", "N"):
+        return text.upper() == "Y"
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def detect(sysfs_root: Path) -> RuntimeMode:
+    params_dir = Path(sysfs_root) / "module" / "mlos_ml" / "parameters"
+    if not params_dir.is_dir():
+        return RuntimeMode(USERSPACE, None)
+    raw: dict[str, str] = {}
+    for file in sorted(params_dir.iterdir()):
+        try:
+            raw[file.name] = file.read_text()
+        except OSError:  # unreadable parameter (permissions): report what we can
+            continue
+    params = {name: _value(text) for name, text in raw.items()}
+    for flag in ("enable_tmm", "enable_scheduler", "enable_gpu_manager"):
+        if flag in raw:
+            params[flag] = parse_bool(raw[flag])
+    if params.get("enable_gpu_manager"):
+        mode = KERNEL_FULL
+    elif params.get("enable_scheduler"):
+        mode = KERNEL_SCHEDULER
+    else:
+        mode = KERNEL_BASIC
+    return RuntimeMode(mode, params)

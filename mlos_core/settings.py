@@ -1,0 +1,103 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The service's settings: one typed object read from a YAML file, the environment
+(MLOS_*) and command-line flags (highest wins). The CLI builds its flags from these
+fields, so `mlos-core serve --help` cannot drift from what the service reads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = Path("/etc/mlos/core.yaml")
+
+
+class Settings(BaseSettings):
+    """MLOS Core settings. YAML keys and MLOS_* environment names equal the field names."""
+
+    model_config = SettingsConfigDict(env_prefix="MLOS_", extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="address the REST and gRPC servers bind")
+    rest_port: int = Field(8080, ge=0, le=65535, description="REST port (0: pick a free one)")
+    grpc_port: int = Field(
+        8081, ge=0, le=65535, description="gRPC port (0: pick a free one)"
+    )
+    grpc_enabled: bool = Field(True, description="serve the KServe v2 gRPC protocol")
+    model_repository: Path = Field(
+        Path("/var/lib/mlos/models"),
+        description="Triton-style model repository: <repo>/<model>/<version>/<file>",
+    )
+    sysfs_root: Path = Field(
+        Path("/sys"), description="where to read module/mlos_ml/parameters (tests: a fixture)"
+    )
+    api_key: str | None = Field(
+        None, description="if set, every request except health needs 'Authorization: Bearer KEY'"
+    )
+    max_request_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="largest accepted request body (413 above)"
+    )
+    max_concurrency: int = Field(
+        64, gt=0, description="inference requests in flight before new ones get 503"
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="per-request inference timeout in seconds (504 after)"
+    )
+    inference_threads: int = Field(
+        0, ge=0, description="threads running backends (0: one per CPU core)"
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long to wait for in-flight requests"
+    )
+    load_models_at_start: bool = Field(True, description="load every model found at start")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    @property
+    def threads(self) -> int:
+        return self.inference_threads or max(1, os.cpu_count() or 1)
+
+    @property
+    def module_parameters_dir(self) -> Path:
+        return self.sysfs_root / "module" / "mlos_ml" / "parameters"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `config_file` (YAML), the environment and `overrides` (flags).
+
+    Without an explicit file, /etc/mlos/core.yaml is read when it exists (or the file named
+    by MLOS_CONFIG). A missing explicit file or an unknown key is an error.
+    """
+    if config_file is None:
+        env_file = os.environ.get("MLOS_CONFIG")
+        if env_file:
+            config_file = Path(env_file)
+        elif DEFAULT_CONFIG_FILE.is_file():
+            config_file = DEFAULT_CONFIG_FILE
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    yaml_file = config_file
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if yaml_file is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+            return tuple(sources)
+
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return _Loaded(**values)

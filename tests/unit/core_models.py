@@ -1,0 +1,84 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Real tiny ONNX models for the MLOS Core tests and benchmarks (made with onnx.helper)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 13)]
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def mlp_weights(seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((64, 256), dtype=np.float32) * 0.1
+    b1 = rng.standard_normal(256, dtype=np.float32) * 0.1
+    w2 = rng.standard_normal((256, 10), dtype=np.float32) * 0.1
+    b2 = rng.standard_normal(10, dtype=np.float32) * 0.1
+    return w1, b1, w2, b2
+
+
+def mlp_reference(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    w1, b1, w2, b2 = mlp_weights(seed)
+    result: np.ndarray = np.maximum(x @ w1 + b1, 0) @ w2 + b2
+    return result
+
+
+def make_mlp(path: Path, seed: int = 0) -> Path:
+    """64 -> 256 (ReLU) -> 10; input "input" FP32 [-1, 64], output "output" FP32 [-1, 10]."""
+    w1, b1, w2, b2 = mlp_weights(seed)
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    nodes = [
+        helper.make_node("Gemm", ["input", "w1", "b1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Gemm", ["hr", "w2", "b2"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def make_double(path: Path) -> Path:
+    """y = 2x on a 1-D FP32 tensor of any length ("x" -> "y")."""
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])], "double",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        [two],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def make_add_int(path: Path) -> Path:
+    """Two INT64 inputs a, b [2] -> sum "s" INT64 [2]: multi-input and integer types."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["s"])], "add",
+        [helper.make_tensor_value_info("a", TensorProto.INT64, [2]),
+         helper.make_tensor_value_info("b", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def make_repository(root: Path) -> Path:
+    make_mlp(root / "mlp" / "1" / "model.onnx")
+    make_double(root / "double" / "1" / "model.onnx")
+    make_add_int(root / "add" / "1" / "model.onnx")
+    return root
