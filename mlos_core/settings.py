@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         0, ge=0, description="threads running backends (0: one per CPU core)"
     )
+    inline_compute_us: float = Field(
+        200.0, ge=0,
+        description="models whose recent compute time is below this many microseconds run "
+        "on the receiving thread, skipping the hand-off to the inference pool (0: never)",
+    )
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long to wait for in-flight requests"
     )

@@ -88,6 +88,15 @@ class Backend(ABC):
         """Run the model. Inputs are validated by the data plane against `inputs` before
         this is called; raise InvalidInputError for anything else the model rejects."""
 
+    def infer_into(
+        self, inputs: dict[str, np.ndarray], targets: dict[str, memoryview]
+    ) -> dict[str, np.ndarray] | None:
+        """Optional fast path: write the named outputs straight into `targets` (client
+        shared memory) and return them as arrays viewing those buffers. Return None when
+        that is not possible for these inputs (the data plane then calls infer() and
+        copies)."""
+        return None
+
     @abstractmethod
     def unload(self) -> None:
         """Free everything load() took. Safe to call twice."""
