@@ -440,7 +440,9 @@ class DataPlane:
         compute_done = time.perf_counter()
         key = id(backend)
         previous = self._compute_ewma.get(key)
-        spent = compute_done - compute_started
+        # Clipped, so one preempted run on a busy machine does not flip a tiny model to
+        # the pool; a model that is really slow still crosses the threshold in a few runs.
+        spent = min(compute_done - compute_started, 2 * self._inline_s)
         self._compute_ewma[key] = spent if previous is None else 0.8 * previous + 0.2 * spent
         outputs: list[OutputTensor] = []
         requests_by_name = {o.name: o for o in wanted or ()}
