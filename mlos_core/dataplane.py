@@ -293,6 +293,16 @@ class DataPlane:
             raise ModelNotReadyError(f"model {name!r} is not ready")
         return backend
 
+    def models_with(self, capability: str) -> list[str]:
+        """Names of loaded models whose backend has `capability` (for capability routers,
+        e.g. the OpenAI API lists the text-generation models)."""
+        names = []
+        for name, state in sorted(self.models.items()):
+            backend = state.latest
+            if backend is not None and capability in getattr(backend, "capabilities", ()):
+                names.append(name)
+        return names
+
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
             return self.backend(name, version).ready and not self.draining
