@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.routing import Route
 
 from ..dataplane import (
     DataPlane,
@@ -228,12 +230,12 @@ async def read_json(request: Request) -> Any:
         raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
 
 
-def create_router(plane: DataPlane) -> APIRouter:
-    router = APIRouter(tags=["KServe v2"])
+def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Response]]:
+    """The inference endpoint. It is the hot path, so it is mounted as plain Starlette
+    routes at the front of the app (infer_routes): no FastAPI dependency solving and the
+    first routes matched. The FastAPI twins in create_router only document the body in
+    the OpenAPI (shadowed, they share this code)."""
 
-    # Inference is the hot path: plain Starlette routes, matched first, with no FastAPI
-    # dependency solving. The FastAPI twins below only document the body in the OpenAPI
-    # (they are shadowed and serve nothing, but share the same handler code).
     async def infer(request: Request) -> Response:
         params = request.path_params
         model_name: str = params["model_name"]
@@ -260,8 +262,20 @@ def create_router(plane: DataPlane) -> APIRouter:
         response = await plane.infer(infer_request)
         return encode_infer_response(response, binary_default)
 
-    for path in INFER_PATHS:
-        router.add_route(path, infer, methods=["POST"], include_in_schema=False)
+    return infer
+
+
+
+def infer_routes(plane: DataPlane) -> list[Route]:
+    endpoint = make_infer_endpoint(plane)
+    return [Route(path, endpoint, methods=["POST"], include_in_schema=False)
+            for path in INFER_PATHS]
+
+
+def create_router(plane: DataPlane) -> APIRouter:
+    router = APIRouter(tags=["KServe v2"])
+
+    infer = make_infer_endpoint(plane)
 
     @router.post(INFER_PATHS[0], openapi_extra=_INFER_OPENAPI, name="infer")
     @router.post(INFER_PATHS[1], openapi_extra=_INFER_OPENAPI, name="infer_version")
