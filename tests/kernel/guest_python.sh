@@ -28,14 +28,18 @@ inhost() {
     chroot $H /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp PYTHONDONTWRITEBYTECODE=1 \
         OMP_NUM_THREADS=1 /bin/sh -c "cd $REPO && $*"
 }
-inhost .venv/bin/python -m pytest -q -p no:cacheprovider tests/unit/test_mlos_ml_binding.py \
-    > /tmp/py 2>&1
-r "$mode" pytest_rc $?
-tail -25 /tmp/py | sed "s/^/MLOS-PY $mode /"
-if [ "$mode" = full ]; then
-    inhost .venv/bin/python tests/kernel/guest_zero_copy.py > /tmp/zc 2>&1
-    r "$mode" zero_copy_rc $?
-    sed "s/^/MLOS-ZC /" /tmp/zc
+if [ -z "$(arg nopytest)" ]; then
+    inhost .venv/bin/python -m pytest -q -p no:cacheprovider tests/unit/test_mlos_ml_binding.py \
+        > /tmp/py 2>&1
+    r "$mode" pytest_rc $?
+    tail -25 /tmp/py | sed "s/^/MLOS-PY $mode /"
+fi
+if [ "$mode" = full ] && [ -z "$(arg nozc)" ]; then
+    if [ -z "$(arg bench)" ]; then
+        inhost .venv/bin/python tests/kernel/guest_zero_copy.py > /tmp/zc 2>&1
+        r "$mode" zero_copy_rc $?
+        sed "s/^/MLOS-ZC /" /tmp/zc
+    fi
     BENCH=$(arg bench)
     if [ -n "$BENCH" ]; then
         inhost .venv/bin/python benchmarks/kernel_bench.py --in-guest > /tmp/bench 2>&1
