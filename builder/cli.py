@@ -1,9 +1,149 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`mlos-build` command line (placeholder until the builder lands)."""
+"""`mlos-build`: build, render, boot and smoke-test MLOS disk images.
 
+    mlos-build ubuntu --variant full              build an image (raw UEFI disk)
+    mlos-build render debian --variant userspace  write the mkosi project, no build
+    mlos-build boot IMAGE                         boot on this terminal's serial console
+    mlos-build test IMAGE                         boot, run the in-guest smoke test, power off
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+import time
+from pathlib import Path
+
+from mlos_build import __version__
+from mlos_build.data import distribution_names, variant_names
+from mlos_build.errors import BuildError
+from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec
+from mlos_build.runner import Progress
+from mlos_build.targets import MkosiDiskTarget
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT_DIR = Path("output")
 
 
-def main() -> int:
-    print("mlos-build: the builder is not implemented yet", file=sys.stderr)
-    return 1
+def progress_printer(start: float) -> Progress:
+    def progress(line: str) -> None:
+        elapsed = int(time.monotonic() - start)
+        print(f"[mlos-build {elapsed // 60:02d}:{elapsed % 60:02d}] {line}", file=sys.stderr,
+              flush=True)
+    return progress
+
+
+def _image_options(p: argparse.ArgumentParser) -> None:
+    # Variants and releases are validated against the data files (so the error can list
+    # them), not with argparse choices.
+    p.add_argument("--variant", default="full",
+                   help=f"what the image carries: {', '.join(variant_names())} (default: full)")
+    p.add_argument("--release", help="distribution release (default: the distribution's)")
+    p.add_argument("--mirror", help="package mirror URL (default: the distribution's)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                   help=f"package, image and pip caches reused by rebuilds "
+                   f"(default: {DEFAULT_CACHE_DIR})")
+    p.add_argument("--with-llm", action="store_true",
+                   help="also install llama-cpp-python (compiled once, then cached)")
+    p.add_argument("--mlos-source", type=Path, default=REPO_ROOT,
+                   help="MLOS source tree to install (default: this checkout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlos-build", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mlos-build {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for dist in distribution_names():
+        p = sub.add_parser(dist, help=f"build a {dist} image")
+        _image_options(p)
+        p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
+                       help="where the image, manifest and SHA256SUMS go (default: output)")
+        p.set_defaults(distribution=dist)
+    p = sub.add_parser("render", help="write the mkosi project for an image, without building")
+    p.add_argument("distribution", help=", ".join(distribution_names()))
+    _image_options(p)
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help="where to write the project (default: output/<image name>.mkosi)")
+    p = sub.add_parser("boot", help="boot an image under QEMU on this terminal")
+    p.add_argument("image", type=Path)
+    p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
+    p = sub.add_parser("test", help="boot an image and run its in-guest smoke test")
+    p.add_argument("image", type=Path)
+    p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
+    p.add_argument("--timeout", type=float, default=900, help="seconds before giving up")
+    return parser
+
+
+def _spec(args: argparse.Namespace) -> ImageSpec:
+    return ImageSpec.create(args.distribution, args.variant, release=args.release,
+                            mirror=args.mirror, cache_dir=args.cache_dir,
+                            with_llm=args.with_llm)
+
+
+def cmd_build(args: argparse.Namespace, progress: Progress) -> int:
+    spec = _spec(args)
+    progress(f"building {spec.name} ({spec.variant.description})")
+    result = MkosiDiskTarget(spec, args.mlos_source.resolve(), progress).build(
+        args.output_dir.resolve())
+    progress(f"built {result.image} in {result.seconds:.0f}s")
+    print(result.image)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace, progress: Progress) -> int:
+    spec = _spec(args)
+    dest = args.output_dir or DEFAULT_OUTPUT_DIR / f"{spec.name}.mkosi"
+    files = MkosiDiskTarget(spec, args.mlos_source.resolve(), progress).render(dest)
+    progress(f"wrote {len(files)} files for {spec.name} into {dest}")
+    print(dest)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace, progress: Progress) -> int:
+    from mlos_build.qemu import smoke_test
+
+    result = smoke_test(args.image, progress, timeout_s=args.timeout, memory_mib=args.memory)
+    for name, check in result.verdict.get("checks", {}).items():
+        mark = "ok  " if check.get("ok") else "FAIL"
+        print(f"{mark} {name}: {check.get('detail')}")
+    verdict = "passed" if result.ok else "FAILED"
+    print(f"smoke test {verdict}: {args.image.name} ({result.verdict.get('variant')}), "
+          f"guest uptime {result.verdict.get('uptime_s')}s, {result.seconds:.0f}s wall")
+    if not result.ok:
+        print(f"console log: {result.console_log}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    progress = progress_printer(time.monotonic())
+    try:
+        if args.command == "render":
+            return cmd_render(args, progress)
+        if args.command == "boot":
+            from mlos_build.qemu import boot
+
+            return boot(args.image, args.memory)
+        if args.command == "test":
+            return cmd_test(args, progress)
+        return cmd_build(args, progress)
+    except BuildError as exc:
+        if args.debug:
+            raise
+        print(f"mlos-build: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mlos-build: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Benchmark: an MLOS image beside a plain mkosi minimal image of the same distribution,
+built and booted in the same run on the same machine.
+
+For each: cold build (empty package/image cache), warm build (same cache again), image
+size (apparent and allocated), and boot time under QEMU (the accelerator mlos-build picks):
+seconds from QEMU start to the serial login prompt, and for MLOS also to a healthy service
+(guest uptime when /health answered, from the smoke-test verdict).
+
+    .venv/bin/python benchmarks/build_images.py [--distribution ubuntu] [--variant full]
+
+Writes docs/build-benchmarks.md (and prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mlos_build.qemu import OVMF_VARS, Machine, _first_existing, kvm_works, smoke_test
+from mlos_build.render import ImageSpec, render
+from mlos_build.runner import run
+from mlos_build.targets import SYSTEM_PATH, MkosiDiskTarget
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "build-benchmarks.md"
+
+
+def plain_project(spec: ImageSpec, dest: Path) -> None:
+    """A minimal bootable mkosi image: systemd, kernel, boot loader; same apt sources."""
+    render(spec, dest / "mlos")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(dest / "mlos" / "mkosi.pkgmngr", dest / "plain" / "mkosi.pkgmngr")
+    release = spec.distribution.releases[spec.release]
+    packages = ["systemd", "systemd-sysv", "udev", *release.packages,
+                *spec.distribution.kernel_packages]
+    (dest / "plain" / "mkosi.conf").write_text(
+        "[Distribution]\n"
+        f"Distribution={spec.distribution.name}\nRelease={spec.release}\n"
+        "[Output]\nFormat=disk\nOutput=plain\n"
+        "[Content]\nBootable=yes\nBootloader=systemd-boot\n"
+        "KernelCommandLine=console=tty0 console=ttyS0,115200 systemd.firstboot=off\n"
+        "Locale=C.UTF-8\nTimezone=UTC\nHostname=plain\n"
+        "Packages=" + " ".join(packages) + "\n")
+
+
+def build_plain(project: Path, out: Path, cache: Path) -> float:
+    start = time.monotonic()
+    run(["mkosi", "--directory", project, "--output-dir", out,
+         "--package-cache-dir", cache / "packages", "--cache-dir", cache / "mkosi",
+         "--incremental", "yes", "--force", "build"], what="plain mkosi build",
+        env={"PATH": SYSTEM_PATH})
+    return time.monotonic() - start
+
+
+def build_mlos(spec: ImageSpec, out: Path) -> tuple[float, Path]:
+    start = time.monotonic()
+    result = MkosiDiskTarget(spec, REPO, lambda line: None).build(out)
+    return time.monotonic() - start, result.image
+
+
+def seconds_to_login(image: Path, timeout: float = 600) -> float:
+    """Wall seconds from QEMU start until the serial console shows a login prompt."""
+    with tempfile.TemporaryDirectory() as tmp:
+        vars_file = Path(tmp) / "vars.fd"
+        shutil.copy(_first_existing(OVMF_VARS), vars_file)
+        console = Path(tmp) / "console.log"
+        argv = Machine(image).argv(vars_file, interactive=False, console_log=console)
+        start = time.monotonic()
+        with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as q:
+            try:
+                while time.monotonic() - start < timeout:
+                    if console.exists() and re.search(rb"login: ", console.read_bytes()):
+                        return time.monotonic() - start
+                    time.sleep(0.5)
+                raise RuntimeError(f"{image.name}: no login prompt within {timeout}s")
+            finally:
+                q.kill()
+
+
+def size(image: Path) -> str:
+    st = image.stat()
+    return f"{st.st_size / 1024**3:.2f} GiB raw, {st.st_blocks * 512 / 1024**3:.2f} GiB allocated"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--distribution", default="ubuntu")
+    parser.add_argument("--variant", default="full")
+    parser.add_argument("--work-dir", type=Path, default=Path("/var/tmp/mlos-bench"))
+    args = parser.parse_args()
+    shutil.rmtree(args.work_dir, ignore_errors=True)
+    rows: dict[str, dict[str, str]] = {"plain mkosi": {}, "MLOS": {}}
+
+    plain_cache, mlos_cache = args.work_dir / "plain-cache", args.work_dir / "mlos-cache"
+    spec = ImageSpec.create(args.distribution, args.variant, cache_dir=mlos_cache)
+    plain_project(spec, args.work_dir / "projects")
+    plain_out = args.work_dir / "plain-out"
+    for label in ("cold", "warm"):
+        secs = build_plain(args.work_dir / "projects" / "plain", plain_out, plain_cache)
+        rows["plain mkosi"][f"{label} build"] = f"{secs:.0f} s"
+    plain_image = plain_out / "plain.raw"
+    mlos_out = args.work_dir / "mlos-out"
+    for label in ("cold", "warm"):
+        secs, mlos_image = build_mlos(spec, mlos_out)
+        rows["MLOS"][f"{label} build"] = f"{secs:.0f} s"
+    rows["plain mkosi"]["image size"] = size(plain_image)
+    rows["MLOS"]["image size"] = size(mlos_image)
+    rows["plain mkosi"]["boot to login prompt"] = f"{seconds_to_login(plain_image):.0f} s"
+    rows["MLOS"]["boot to login prompt"] = f"{seconds_to_login(mlos_image):.0f} s"
+    rows["plain mkosi"]["boot to healthy service"] = "-"
+    result = smoke_test(mlos_image, lambda line: None)
+    detail = result.verdict["checks"]["health"]["detail"]
+    match = re.search(r"at uptime ([0-9.]+)s", detail)
+    rows["MLOS"]["boot to healthy service"] = (
+        f"{float(match.group(1)):.0f} s guest uptime" if match else detail)
+    rows["MLOS"]["smoke test (boot to power-off)"] = (
+        f"{result.seconds:.0f} s, {'passed' if result.ok else 'FAILED'}")
+    rows["plain mkosi"]["smoke test (boot to power-off)"] = "-"
+
+    metrics = list(rows["MLOS"])
+    accel = "KVM" if kvm_works() else "TCG (-cpu max)"
+    lines = [
+        "<!-- SPDX-License-Identifier: Apache-2.0 -->",
+        "# Image build benchmarks",
+        "",
+        f"`{spec.name}` beside a plain mkosi minimal image of {spec.distribution.name} "
+        f"{spec.release} (systemd, {' '.join(spec.distribution.kernel_packages)}, "
+        "systemd-boot), built and booted in the same run by `benchmarks/build_images.py`.",
+        "Cold: empty package and image caches; warm: the same build again with them. "
+        f"Boots under QEMU with {accel}, 2 vCPUs, 2 GiB.",
+        f"Host: {platform.node()}, {platform.machine()}, "
+        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPUs; "
+        f"run finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        "| metric | plain mkosi | MLOS |",
+        "|---|---|---|",
+        *[f"| {m} | {rows['plain mkosi'].get(m, '-')} | {rows['MLOS'][m]} |" for m in metrics],
+        "",
+        "Reproduce: `.venv/bin/python benchmarks/build_images.py --distribution "
+        f"{args.distribution} --variant {args.variant}` (about 20 minutes on 2 cores, TCG).",
+        "",
+    ]
+    DOC.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Distributions and variants are data files under images/; this module reads them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlos_build.errors import BuildError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def images_dir() -> Path:
+    """The images/ tree (templates and data); MLOS_IMAGES_DIR overrides it."""
+    return Path(os.environ.get("MLOS_IMAGES_DIR", REPO_ROOT / "images"))
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Distribution:
+    name: str
+    default_release: str
+    mirror: str
+    keyring: str
+    keyring_package: str
+    components: tuple[str, ...]
+    suites: tuple[str, ...]
+    kernel_packages: tuple[str, ...]
+    headers_packages: tuple[str, ...]
+    base_packages: tuple[str, ...]
+    releases: dict[str, Release]
+    security: dict[str, Any] | None = None
+
+    def release(self, name: str | None) -> Release:
+        chosen = name or self.default_release
+        if chosen not in self.releases:
+            raise BuildError(f"unknown {self.name} release '{chosen}'",
+                             hint="valid releases: " + ", ".join(self.releases))
+        return self.releases[chosen]
+
+    def suites_for(self, release: str) -> list[str]:
+        return [s.format(release=release) for s in self.suites]
+
+    def security_suites_for(self, release: str) -> list[str]:
+        return [s.format(release=release) for s in (self.security or {}).get("suites", [])]
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    parameters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    runtime_mode: str
+    module: ModuleSpec | None
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise BuildError(f"{path} is not a mapping", hint="see the other files beside it")
+    return data
+
+
+def _names(kind: str) -> list[str]:
+    return sorted(p.stem for p in (images_dir() / kind).glob("*.yaml"))
+
+
+def distribution_names() -> list[str]:
+    return _names("distributions")
+
+
+def variant_names() -> list[str]:
+    # The order users read: from least to most of the module.
+    order = ["userspace", "basic", "scheduler", "full"]
+    names = _names("variants")
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
+def load_distribution(name: str) -> Distribution:
+    if name not in distribution_names():
+        raise BuildError(f"unknown distribution '{name}'",
+                         hint="valid distributions: " + ", ".join(distribution_names()))
+    data = _load_yaml(images_dir() / "distributions" / f"{name}.yaml")
+    releases = {
+        rel: Release(rel, tuple((spec or {}).get("packages", [])))
+        for rel, spec in data["releases"].items()
+    }
+    return Distribution(
+        name=data["name"],
+        default_release=data["default_release"],
+        mirror=data["mirror"],
+        keyring=data["keyring"],
+        keyring_package=data["keyring_package"],
+        components=tuple(data["components"]),
+        suites=tuple(data["suites"]),
+        kernel_packages=tuple(data["kernel_packages"]),
+        headers_packages=tuple(data["headers_packages"]),
+        base_packages=tuple(data["base_packages"]),
+        releases=releases,
+        security=data.get("security"),
+    )
+
+
+def load_variant(name: str) -> Variant:
+    if name not in variant_names():
+        raise BuildError(f"unknown variant '{name}'",
+                         hint="valid variants: " + ", ".join(variant_names()))
+    data = _load_yaml(images_dir() / "variants" / f"{name}.yaml")
+    module = data.get("module")
+    return Variant(
+        name=data["name"],
+        description=data["description"],
+        runtime_mode=data["runtime_mode"],
+        module=ModuleSpec(dict(module["parameters"])) if module else None,
+    )

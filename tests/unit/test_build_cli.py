@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: Apache-2.0
+"""mlos-build's command line: every predictable failure is one line plus a hint."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlos_build import cli
+from mlos_build.errors import BuildError
+from mlos_build.runner import require_tools, run
+from mlos_build.targets import check_free_space, check_mirror, update_checksums
+
+NEEDS_MKOSI = pytest.mark.skipif(shutil.which("mkosi") is None,
+                                 reason="mkosi is not installed (scripts/setup.d/40-images.sh)")
+
+
+def mlos_build(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = None if path is None else {"PATH": path}
+    return subprocess.run([sys.executable, "-m", "mlos_build.cli", *args], capture_output=True,
+                          text=True, check=False, env=env)
+
+
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("[mlos-build")]
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith("mlos-build: error: ")
+    assert lines[1].startswith("  hint: ")
+    return lines
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unknown_variant_lists_the_valid_ones() -> None:
+    lines = error_lines(mlos_build("ubuntu", "--variant", "turbo"))
+    assert "unknown variant 'turbo'" in lines[0]
+    assert "userspace, basic, scheduler, full" in lines[1]
+
+
+def test_unknown_release_lists_the_valid_ones() -> None:
+    lines = error_lines(mlos_build("debian", "--release", "sid"))
+    assert "bookworm, trixie" in lines[1]
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = mlos_build("--debug", "ubuntu", "--variant", "turbo")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "BuildError" in result.stderr
+
+
+def test_missing_host_tool_names_its_package(tmp_path: Path) -> None:
+    # A PATH with python only: mkosi and friends are "not installed".
+    (tmp_path / "bin").mkdir()
+    lines = error_lines(mlos_build("ubuntu", "--output-dir", str(tmp_path / "out"),
+                                   path=str(tmp_path / "bin")))
+    assert "host tool 'mkosi' not found" in lines[0]
+    assert "bookworm-backports" in lines[1]
+
+
+def test_require_tools_names_the_package() -> None:
+    with pytest.raises(BuildError) as exc:
+        require_tools(["sh", "no-such-tool-mlos"])
+    assert "'no-such-tool-mlos' not found" in exc.value.message
+    assert "setup.sh" in exc.value.hint
+
+
+def test_run_reports_a_missing_program_and_a_failure() -> None:
+    with pytest.raises(BuildError, match="not found"):
+        run(["no-such-program-mlos"], what="probing")
+    with pytest.raises(BuildError) as exc:
+        run(["sh", "-c", "echo boom >&2; exit 3"], what="the probe")
+    assert exc.value.message == "the probe failed with exit status 3"
+    assert "boom" in exc.value.hint
+    with pytest.raises(BuildError) as exc:
+        run(["sh", "-c", "echo 'write error: No space left on device'; exit 1"], what="copy",
+            progress=lambda line: None)
+    assert "disk is full" in exc.value.message
+
+
+def test_run_streams_progress_lines() -> None:
+    seen: list[str] = []
+    run(["sh", "-c", "echo '‣ step one'; echo noise; echo '‣ step two'"], what="steps",
+        progress=seen.append, show=lambda line: line.startswith("‣"))
+    assert seen[1:] == ["‣ step one", "‣ step two"]
+
+
+def test_no_space_is_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(BuildError) as exc:
+        check_free_space([tmp_path], need=1 << 60)
+    assert exc.value.message.startswith("no space")
+    assert "--output-dir" in exc.value.hint
+
+
+def test_unreachable_mirror_is_reported() -> None:
+    with pytest.raises(BuildError) as exc:
+        check_mirror(f"http://127.0.0.1:{free_port()}/ubuntu", "noble")
+    assert "unreachable" in exc.value.message
+    assert "--mirror" in exc.value.hint
+
+
+@NEEDS_MKOSI
+def test_build_with_an_unreachable_mirror_fails_before_mkosi(tmp_path: Path) -> None:
+    lines = error_lines(mlos_build("ubuntu", "--variant", "userspace", "--mirror",
+                                   f"http://127.0.0.1:{free_port()}/ubuntu", "--output-dir",
+                                   str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")))
+    assert "unreachable" in lines[0]
+
+
+def test_render_writes_the_project(tmp_path: Path) -> None:
+    result = mlos_build("render", "debian", "--variant", "basic", "--output-dir",
+                        str(tmp_path / "p"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "p" / "mkosi.conf").is_file()
+    assert (tmp_path / "p" / "mkosi.extra/etc/modprobe.d/mlos-ml.conf").is_file()
+
+
+def test_test_of_a_missing_image_says_how_to_build_one(tmp_path: Path) -> None:
+    lines = error_lines(mlos_build("test", str(tmp_path / "nope.raw")))
+    assert "not found" in lines[0] and "mlos-build ubuntu" in lines[1]
+
+
+def test_no_command_prints_help() -> None:
+    assert cli.main([]) == 2
+
+
+def test_checksums_are_updated_in_place(tmp_path: Path) -> None:
+    (tmp_path / "a.raw").write_bytes(b"a")
+    (tmp_path / "b.json").write_bytes(b"b")
+    sums = tmp_path / "SHA256SUMS"
+    update_checksums(sums, [tmp_path / "a.raw"])
+    update_checksums(sums, [tmp_path / "b.json", tmp_path / "a.raw"])
+    lines = sums.read_text().splitlines()
+    assert [line.split("  ")[1] for line in lines] == ["a.raw", "b.json"]
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, check=False)
+    assert check.returncode == 0
