@@ -70,7 +70,7 @@ class _Caller:
         self.target, self.transport, self.model = target, transport, model
         self.in_name = str(model["inputs"][0]["name"])
         self.out_names = [str(o["name"]) for o in model["outputs"]]
-        self.headers = dict(target.headers) or None
+        self.headers = {k.lower(): v for k, v in target.headers.items()} or None
         self.regions: list[tuple[str, Any]] = []
         self.shm_outputs: list[tuple[str, Any, np.dtype[Any], list[int], int]] = []
         if transport == "grpc":

@@ -110,14 +110,14 @@ def _get(url: str) -> Any:
 
 
 class Service:
-    def __init__(self, repo: Path, sysfs: Path, log: Path) -> None:
+    def __init__(self, repo: Path, sysfs: Path, log: Path, *extra: str) -> None:
         self.rest, self.grpc = _free_port(), _free_port()
         self.log = log.open("wb")
         self.proc = subprocess.Popen(
             [*_mlos_core(), "serve", "--host", "127.0.0.1", "--rest-port", str(self.rest),
              "--grpc-port", str(self.grpc), "--model-repository", str(repo),
              "--sysfs-root", str(sysfs), "--inference-threads", "2",
-             "--grpc-enabled" if HAS_GRPC else "--no-grpc-enabled"],
+             "--grpc-enabled" if HAS_GRPC else "--no-grpc-enabled", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "MLOS_CONFIG": ""})
         self.url = f"http://127.0.0.1:{self.rest}"
         deadline = time.monotonic() + 60
@@ -243,3 +243,24 @@ def test_four_mode_comparison_from_real_runs(services: dict[str, Service],
     assert _card(html) == [MODE_CARDS[m] for m in MODE_PARAMS]
     for mode in ("kernel_basic", "kernel_scheduler", "kernel_full"):
         assert f"{mode} vs userspace, p99 latency under CPU contention: better in" in html
+
+
+def test_a_service_with_an_api_key(repo: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    svc = Service(repo, make_sysfs(tmp_path / "sys", None), tmp_path / "serve.log",
+                  "--api-key", "s3cret")
+    try:
+        common = ["run", "--url", svc.url, "--grpc-url", f"127.0.0.1:{svc.grpc}",
+                  "--protocols", ",".join(PROTOCOLS), *QUICK, "--no-contention",
+                  "--models", "mlp", "--concurrency", "1", "--tensor-sizes-mib", "0.25",
+                  "--tensor-requests", "2", "--json-requests", "1"]
+        assert main([*common, "--out", str(tmp_path / "ok"), "--api-key", "s3cret"]) == 0
+        ok = json.loads((tmp_path / "ok" / "results.json").read_text())
+        assert not ok["notes"], ok["notes"]
+        assert all("error" not in p for p in ok["tensor_series"]["points"])
+        # Without the key the run stops at once with a one-line error and a hint.
+        assert main([*common, "--out", str(tmp_path / "no"), "--api-key", ""]) == 1
+        assert "--api-key" in capsys.readouterr().err
+        assert not (tmp_path / "no" / "results.json").exists()
+    finally:
+        svc.stop()
