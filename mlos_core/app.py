@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from . import __version__
-from .backends.base import CAP_INFER
+from .backends.base import CAP_INFER, CAP_TEXT_GENERATION
 from .dataplane import DataPlane
 from .protocols.http import GuardMiddleware, install_error_handlers
 from .settings import Settings
@@ -38,6 +38,7 @@ class ProtocolRouter:
 PROTOCOL_ROUTERS: tuple[ProtocolRouter, ...] = (
     ProtocolRouter(CAP_INFER, "mlos_core.protocols.rest_kserve:create_router"),
     ProtocolRouter(CAP_INFER, "mlos_core.protocols.rest_mlos:create_router"),
+    ProtocolRouter(CAP_TEXT_GENERATION, "mlos_core.protocols.openai:create_router"),
 )
 
 

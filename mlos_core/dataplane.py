@@ -132,6 +132,9 @@ class DataPlane:
             max_workers=settings.threads, thread_name_prefix="mlos-infer"
         )
         self._idle = threading.Condition(self._lock)
+        # Recent compute time per loaded backend (EWMA, seconds): tiny models run inline.
+        self._compute_ewma: dict[int, float] = {}
+        self._inline_s = settings.inline_compute_us / 1e6
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,6 +188,7 @@ class DataPlane:
             state.reason = ""
         for version, backend in old.items():
             if backends.get(version) is not backend:
+                self._compute_ewma.pop(id(backend), None)
                 backend.unload()
 
     def _load_versions(self, model: RepositoryModel) -> dict[str, Backend]:
@@ -197,7 +201,8 @@ class DataPlane:
             for version in versions:
                 path = model.path / version
                 cls, file = self.plugins.select(path, model.config)
-                backend = cls(ModelSource(model.name, version, path, model.config, file))
+                source = ModelSource(model.name, version, path, model.config, file, self.settings)
+                backend = cls(source)
                 try:
                     backend.load()
                 except MLOSError:
@@ -220,6 +225,7 @@ class DataPlane:
             old, state.versions = state.versions, {}
             state.state, state.reason = "UNAVAILABLE", "unloaded"
         for backend in old.values():
+            self._compute_ewma.pop(id(backend), None)
             backend.unload()
 
     def register_model(
@@ -343,8 +349,22 @@ class DataPlane:
             if not self._in_flight:
                 self._idle.notify_all()
 
-    def _submit(self, request: InferRequest) -> concurrent.futures.Future[InferResponse]:
-        backend = self.backend(request.model, request.version)
+    def _inline(self, backend: Backend) -> bool:
+        """Whether this model is fast enough that the thread hand-off would cost more than
+        the compute itself (measured, never guessed: the first requests use the pool)."""
+        ewma = self._compute_ewma.get(id(backend))
+        return ewma is not None and ewma < self._inline_s
+
+    def _run_inline(self, backend: Backend, request: InferRequest) -> InferResponse:
+        self._admit()
+        try:
+            return self._run(backend, request, time.perf_counter())
+        finally:
+            self._release()
+
+    def _submit(
+        self, request: InferRequest, backend: Backend
+    ) -> concurrent.futures.Future[InferResponse]:
         self._admit()
         try:
             future = self._executor.submit(self._run, backend, request, time.perf_counter())
@@ -356,7 +376,10 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         try:
-            future = self._submit(request)
+            backend = self.backend(request.model, request.version)
+            if self._inline(backend):
+                return self._run_inline(backend, request)
+            future = self._submit(request, backend)
             try:
                 return await asyncio.wait_for(
                     asyncio.wrap_future(future), self.settings.request_timeout_s
@@ -373,7 +396,10 @@ class DataPlane:
     def infer_blocking(self, request: InferRequest) -> InferResponse:
         """For transports that run on their own threads (the gRPC server)."""
         try:
-            future = self._submit(request)
+            backend = self.backend(request.model, request.version)
+            if self._inline(backend):
+                return self._run_inline(backend, request)
+            future = self._submit(request, backend)
             try:
                 return future.result(self.settings.request_timeout_s)
             except concurrent.futures.TimeoutError:
@@ -400,8 +426,23 @@ class DataPlane:
             names = [o.name for o in wanted]
         else:
             names = list(known)
-        results = backend.infer(arrays, names)
+        compute_started = time.perf_counter()
+        results = None
+        shm_outputs = {o.name: o.shm for o in wanted or () if o.shm is not None}
+        if shm_outputs and len(shm_outputs) == len(names):
+            targets = {
+                name: self.shm.get(ref.region).view(ref.offset, ref.byte_size)
+                for name, ref in shm_outputs.items()
+            }
+            results = backend.infer_into(arrays, targets)
+        written = results is not None
+        if results is None:
+            results = backend.infer(arrays, names)
         compute_done = time.perf_counter()
+        key = id(backend)
+        previous = self._compute_ewma.get(key)
+        spent = compute_done - compute_started
+        self._compute_ewma[key] = spent if previous is None else 0.8 * previous + 0.2 * spent
         outputs: list[OutputTensor] = []
         requests_by_name = {o.name: o for o in wanted or ()}
         for name in names:
@@ -411,11 +452,12 @@ class DataPlane:
             if req is not None:
                 tensor.binary = req.binary
                 if req.shm is not None:
-                    self._write_shm(req.shm, array, name)
+                    if not written:
+                        self._write_shm(req.shm, array, name)
                     tensor.shm, tensor.data = req.shm, None
             outputs.append(tensor)
         self.metrics.record(
-            request.model, request.protocol, started - queued_at, compute_done - started
+            request.model, request.protocol, started - queued_at, compute_done - compute_started
         )
         return InferResponse(request.model, backend.source.version, outputs, request.id)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
             0.5, 1.0, 2.5, 5.0, 10.0)
@@ -40,6 +41,8 @@ class Metrics:
         self.queue: dict[str, _Histogram] = defaultdict(_Histogram)
         self.compute: dict[str, _Histogram] = defaultdict(_Histogram)
         self.in_flight = 0
+        #: Extra renderers (e.g. the LLM token counters); each returns exposition text.
+        self.collectors: list[Callable[[], str]] = []
 
     def record(self, model: str, protocol: str, queue_s: float, compute_s: float) -> None:
         with self._lock:
@@ -90,4 +93,5 @@ class Metrics:
                     lines.append(f"{metric}_count{{{label}}} {hist.count}")
         for name, value in (extra or {}).items():
             lines += [f"# TYPE {name} gauge", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        return text + "".join(collect() for collect in self.collectors)

@@ -13,8 +13,9 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -122,7 +123,7 @@ class MLOSServer:
                 await task
 
             try:
-                asyncio.run(main())
+                run_loop(main())
             except BaseException as exc:  # surfaced to the caller of start_background
                 errors.append(exc)
                 ready.set()
@@ -139,8 +140,27 @@ class MLOSServer:
             self._thread.join(timeout)
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when installed (uvicorn[standard] brings it): lower per-request
+    overhead than the default loop, and it sets TCP_NODELAY on accepted connections."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+    else:
+        loop = uvloop.new_event_loop()
+        try:
+            loop.run_until_complete(main)
+        finally:
+            loop.close()
+
+
 def run(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(MLOSServer(settings).serve())
+    run_loop(MLOSServer(settings).serve())

@@ -53,11 +53,26 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         0, ge=0, description="threads running backends (0: one per CPU core)"
     )
+    inline_compute_us: float = Field(
+        200.0, ge=0,
+        description="models whose recent compute time is below this many microseconds run "
+        "on the receiving thread, skipping the hand-off to the inference pool (0: never)",
+    )
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long to wait for in-flight requests"
     )
     load_models_at_start: bool = Field(True, description="load every model found at start")
     log_level: str = Field("info", description="debug, info, warning or error")
+    # Defaults for LLM (llama.cpp) models; a model's config overrides each one.
+    llm_context_size: int = Field(
+        2048, ge=0, description="LLM context size in tokens (0: the model's training context)"
+    )
+    llm_threads: int = Field(0, ge=0, description="LLM decoding threads (0: every core)")
+    llm_batch_size: int = Field(512, gt=0, description="LLM prompt-processing batch size")
+    llm_gpu_layers: int = Field(0, ge=-1, description="LLM layers offloaded to a GPU (-1: all)")
+    llm_queue_size: int = Field(
+        16, ge=0, description="LLM requests that may wait per model before 503"
+    )
 
     @property
     def threads(self) -> int:

@@ -81,7 +81,7 @@ def from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np
                 if array.dtype.kind not in allowed:
                     raise ValueError(f"values of kind {array.dtype.kind!r}")
             array = array.astype(dtype).ravel()
-    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
+    except (ValueError, TypeError, OverflowError, FloatingPointError, RecursionError) as exc:
         raise InvalidInputError(f"input {name!r}: data does not match {datatype}: {exc}") from None
     if array.size != element_count(shape):
         raise InvalidInputError(

@@ -39,6 +39,9 @@ class ModelSource:
     path: Path
     config: dict[str, Any] = field(default_factory=dict)
     model_file: Path | None = None
+    #: The service settings (mlos_core.settings.Settings), for backend defaults such as
+    #: llm_context_size; None outside the service.
+    settings: Any = None
 
 
 #: Capability names. Every backend has INFER (tensors in, tensors out); optional
@@ -84,6 +87,15 @@ class Backend(ABC):
     ) -> dict[str, np.ndarray]:
         """Run the model. Inputs are validated by the data plane against `inputs` before
         this is called; raise InvalidInputError for anything else the model rejects."""
+
+    def infer_into(
+        self, inputs: dict[str, np.ndarray], targets: dict[str, memoryview]
+    ) -> dict[str, np.ndarray] | None:
+        """Optional fast path: write the named outputs straight into `targets` (client
+        shared memory) and return them as arrays viewing those buffers. Return None when
+        that is not possible for these inputs (the data plane then calls infer() and
+        copies)."""
+        return None
 
     @abstractmethod
     def unload(self) -> None:

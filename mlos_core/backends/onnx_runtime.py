@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import InvalidInputError, ModelLoadError, ModelNotReadyError
+from ..tensors import DTYPES
 from .base import Backend, ModelSource, TensorSpec
 
 _ORT_TYPES = {
@@ -94,6 +95,60 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # bad values the model itself rejects (e.g. index range)
             raise InvalidInputError(f"the model rejected the input: {exc}") from exc
         return dict(zip(names, results, strict=True))
+
+    def _output_shapes(self, inputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]] | None:
+        """Output shapes known before running: every dimension fixed or named by a symbolic
+        dimension that an input also uses (ONNX: same name, same size)."""
+        sizes: dict[str, int] = {}
+        for arg in self._session.get_inputs():
+            array = inputs.get(arg.name)
+            if array is None or len(arg.shape) != array.ndim:
+                return None
+            for dim, size in zip(arg.shape, array.shape, strict=True):
+                if isinstance(dim, str):
+                    sizes[dim] = size
+        shapes = {}
+        for arg in self._session.get_outputs():
+            shape = []
+            for dim in arg.shape:
+                if isinstance(dim, int) and dim >= 0:
+                    shape.append(dim)
+                elif isinstance(dim, str) and dim in sizes:
+                    shape.append(sizes[dim])
+                else:
+                    return None
+            shapes[arg.name] = tuple(shape)
+        return shapes
+
+    def infer_into(
+        self, inputs: dict[str, np.ndarray], targets: dict[str, memoryview]
+    ) -> dict[str, np.ndarray] | None:
+        session = self._session
+        if session is None:
+            return None
+        shapes = self._output_shapes(inputs)
+        if shapes is None:
+            return None
+        kinds = {spec.name: spec.datatype for spec in self._outputs}
+        binding = session.io_binding()
+        results = {}
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name, target in targets.items():
+            dtype = DTYPES.get(kinds.get(name, ""))
+            if dtype is None or dtype.kind == "O" or name not in shapes:
+                return None
+            count = int(np.prod(shapes[name], dtype=np.int64))
+            if count * dtype.itemsize > len(target):
+                return None
+            out = np.frombuffer(target, dtype=dtype, count=count).reshape(shapes[name])
+            binding.bind_output(name, "cpu", 0, dtype, list(out.shape), out.ctypes.data)
+            results[name] = out
+        try:
+            session.run_with_iobinding(binding)
+        except Exception as exc:  # bad values the model itself rejects
+            raise InvalidInputError(f"the model rejected the input: {exc}") from exc
+        return results
 
     def unload(self) -> None:
         self._session = None

@@ -26,6 +26,10 @@ from ..errors import InvalidInputError
 from ..tensors import DTYPES, check_shape, from_bytes, from_json, to_bytes, to_json
 
 HEADER_LENGTH = "inference-header-content-length"
+INFER_PATHS = (
+    "/v2/models/{model_name}/infer",
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+)
 
 _TENSOR_PARAMS = {"type": "object", "additionalProperties": True}
 INFER_REQUEST_SCHEMA: dict[str, Any] = {
@@ -220,12 +224,51 @@ async def read_json(request: Request) -> Any:
         return {}
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
 
 
 def create_router(plane: DataPlane) -> APIRouter:
     router = APIRouter(tags=["KServe v2"])
+
+    # Inference is the hot path: plain Starlette routes, matched first, with no FastAPI
+    # dependency solving. The FastAPI twins below only document the body in the OpenAPI
+    # (they are shadowed and serve nothing, but share the same handler code).
+    async def infer(request: Request) -> Response:
+        params = request.path_params
+        model_name: str = params["model_name"]
+        model_version: str | None = params.get("model_version")
+        body = await request.body()
+        header_length = request.headers.get(HEADER_LENGTH)
+        binary: memoryview | None = None
+        if header_length is not None:
+            try:
+                split = int(header_length)
+            except ValueError:
+                raise InvalidInputError(
+                    "Inference-Header-Content-Length is not an integer"
+                ) from None
+            if not 0 <= split <= len(body):
+                raise InvalidInputError("Inference-Header-Content-Length exceeds the body")
+            binary = memoryview(body)[split:]
+            body = body[:split]
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
+        infer_request, binary_default = parse_infer_request(doc, binary, model_name, model_version)
+        response = await plane.infer(infer_request)
+        return encode_infer_response(response, binary_default)
+
+    for path in INFER_PATHS:
+        router.add_route(path, infer, methods=["POST"], include_in_schema=False)
+
+    @router.post(INFER_PATHS[0], openapi_extra=_INFER_OPENAPI, name="infer")
+    @router.post(INFER_PATHS[1], openapi_extra=_INFER_OPENAPI, name="infer_version")
+    async def infer_documented(
+        request: Request, model_name: str, model_version: str | None = None
+    ) -> Response:
+        return await infer(request)
 
     @router.get("/v2/health/live")
     async def live() -> Response:
@@ -262,35 +305,6 @@ def create_router(plane: DataPlane) -> APIRouter:
         outs = [{"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]}
                 for t in meta["outputs"]]
         return {"name": model_name, "backend": meta["platform"], "input": dims, "output": outs}
-
-    @router.post("/v2/models/{model_name}/infer", openapi_extra=_INFER_OPENAPI)
-    @router.post(
-        "/v2/models/{model_name}/versions/{model_version}/infer", openapi_extra=_INFER_OPENAPI
-    )
-    async def infer(
-        request: Request, model_name: str, model_version: str | None = None
-    ) -> Response:
-        body = await request.body()
-        header_length = request.headers.get(HEADER_LENGTH)
-        binary: memoryview | None = None
-        if header_length is not None:
-            try:
-                split = int(header_length)
-            except ValueError:
-                raise InvalidInputError(
-                    "Inference-Header-Content-Length is not an integer"
-                ) from None
-            if not 0 <= split <= len(body):
-                raise InvalidInputError("Inference-Header-Content-Length exceeds the body")
-            binary = memoryview(body)[split:]
-            body = body[:split]
-        try:
-            doc = json.loads(body)
-        except ValueError as exc:
-            raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
-        infer_request, binary_default = parse_infer_request(doc, binary, model_name, model_version)
-        response = await plane.infer(infer_request)
-        return encode_infer_response(response, binary_default)
 
     # ---- model repository extension ------------------------------------------------------
     @router.post("/v2/repository/index")

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from ..dataplane import DataPlane, InferRequest, InputTensor
 from ..errors import InvalidInputError, MLOSError, ModelNotReadyError
 from ..registry import check_model_name
-from ..tensors import from_json, to_json
+from ..tensors import check_shape, from_json, to_json
 from .rest_kserve import read_json
 
 _REGISTER_OPENAPI: dict[str, Any] = {
@@ -146,8 +146,16 @@ def create_router(plane: DataPlane) -> APIRouter:
                 raise InvalidInputError("'config' must be an object")
             source = Path(path)
             if source.is_dir():
-                files += [(p.name, p) for p in sorted(source.iterdir())
-                          if not p.name.startswith(".")]
+                # The version's files: regular files at the top of the directory only, and
+                # only when one of them is in a format an installed backend serves.
+                entries = [p for p in sorted(source.iterdir())
+                           if not p.name.startswith(".") and p.is_file() and not p.is_symlink()]
+                served = tuple(f for fmts in plane.plugins.formats().values() for f in fmts)
+                if not any(p.name.endswith(served) for p in entries):
+                    raise InvalidInputError(
+                        f"directory {path!r} holds no model file ({', '.join(served)})"
+                    )
+                files += [(p.name, p) for p in entries]
             elif source.is_file():
                 files.append((source.name, source))
             else:
@@ -166,6 +174,10 @@ def create_router(plane: DataPlane) -> APIRouter:
     @router.post("/models/{model_id}/inference", openapi_extra=_INFERENCE_OPENAPI)
     async def inference(model_id: str, request: Request) -> Response:
         doc = await read_json(request)
+        if isinstance(doc, dict) and "prompt" in doc:  # a language model: text in, text out
+            from .openai import mlos_text_inference
+
+            return JSONResponse(await mlos_text_inference(plane, model_id, doc, request))
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
             raise InvalidInputError("body must be {\"inputs\": {\"<input name>\": [...]}}")
         version = doc.get("version")
@@ -179,7 +191,7 @@ def create_router(plane: DataPlane) -> APIRouter:
             if spec is None:
                 raise InvalidInputError(f"model {model_id!r} has no input {name!r}; "
                                         f"inputs: {sorted(specs)}")
-            shape = _shape_of(data)
+            shape = check_shape(list(_shape_of(data)), name)
             inputs.append(InputTensor(name, spec.datatype, shape,
                                       from_json(data, spec.datatype, shape, name)))
         result = await plane.infer(InferRequest(model_id, version, inputs, protocol="mlos"))

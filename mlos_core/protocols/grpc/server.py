@@ -1,0 +1,264 @@
+# SPDX-License-Identifier: Apache-2.0
+"""KServe v2 gRPC (package `inference`, service `GRPCInferenceService`) over the data plane,
+with the model repository and system shared-memory extensions.
+
+The server is grpcio's thread-pool server: each RPC runs on a worker thread, converts the
+protobuf into the data plane's neutral types and waits for the inference pool."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from ...dataplane import DataPlane, InferRequest, InputTensor, OutputRequest, ShmRef
+from ...errors import (
+    InvalidInputError,
+    MLOSError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    ServerBusyError,
+    UnauthorizedError,
+    UnsupportedError,
+)
+from ...tensors import check_shape, from_bytes, numpy_dtype, to_bytes
+from .generated import inference_pb2 as _pb
+from .generated import inference_pb2_grpc as pb_grpc
+
+pb: Any = _pb  # generated message classes are created at import time
+
+GRPC_STATUS: dict[type[MLOSError], grpc.StatusCode] = {
+    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    ModelNotReadyError: grpc.StatusCode.FAILED_PRECONDITION,
+    InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
+    PayloadTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ServerBusyError: grpc.StatusCode.UNAVAILABLE,
+    RequestTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UnauthorizedError: grpc.StatusCode.UNAUTHENTICATED,
+    UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grpc_status_for(exc: MLOSError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in GRPC_STATUS:
+            return GRPC_STATUS[cls]
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _param_value(param: Any) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return getattr(param, kind) if kind else None
+
+
+def _params(mapping: Any) -> dict[str, Any]:
+    return {key: _param_value(value) for key, value in mapping.items()}
+
+
+def _shm_ref(params: dict[str, Any], what: str) -> ShmRef | None:
+    region = params.get("shared_memory_region")
+    if region is None:
+        return None
+    size = params.get("shared_memory_byte_size")
+    offset = params.get("shared_memory_offset", 0)
+    if not isinstance(region, str) or not isinstance(size, int) or not isinstance(offset, int):
+        raise InvalidInputError(f"{what}: shared_memory_region needs shared_memory_byte_size")
+    return ShmRef(region, offset, size)
+
+
+def decode_request(request: Any) -> InferRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs"
+        )
+    if not request.inputs:
+        raise InvalidInputError("the request has no inputs")
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        name, datatype = tensor.name, tensor.datatype
+        numpy_dtype(datatype)
+        shape = check_shape(list(tensor.shape), name)
+        params = _params(tensor.parameters)
+        shm = _shm_ref(params, f"input {name!r}")
+        if shm is not None:
+            inputs.append(InputTensor(name, datatype, shape, None, shm))
+            continue
+        if raw:
+            array = from_bytes(raw[index], datatype, shape, name)
+        else:
+            field = _CONTENTS_FIELD.get(datatype)
+            if field is None:
+                raise InvalidInputError(f"input {name!r}: {datatype} needs raw_input_contents")
+            values = getattr(tensor.contents, field)
+            if datatype == "BYTES":
+                array = np.empty(len(values), dtype=object)
+                array[:] = list(values)
+            else:
+                array = np.asarray(values, dtype=numpy_dtype(datatype))
+            if array.size != int(np.prod(shape, dtype=np.int64)):
+                raise InvalidInputError(
+                    f"input {name!r}: {array.size} values do not fill shape {list(shape)}"
+                )
+            array = array.reshape(shape)
+        inputs.append(InputTensor(name, datatype, shape, array))
+    outputs = [
+        OutputRequest(o.name, True, _shm_ref(_params(o.parameters), f"output {o.name!r}"))
+        for o in request.outputs
+    ] or None
+    return InferRequest(
+        request.model_name, request.model_version or None, inputs, outputs,
+        request.id or None, _params(request.parameters), "grpc",
+    )
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        key = plane.settings.api_key
+        self.token = f"Bearer {key}" if key else None
+
+    def _check_auth(self, context: Any) -> None:
+        if self.token is None:
+            return
+        for key, value in context.invocation_metadata():
+            if key == "authorization" and hmac.compare_digest(value, self.token):
+                return
+        raise UnauthorizedError("missing or wrong API key (metadata authorization: Bearer)")
+
+    # Health RPCs stay open without a key (probes), like the REST health routes.
+    def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return pb.ServerReadyResponse(ready=not self.plane.draining)
+
+    @staticmethod
+    def _guarded(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: InferenceServicer, request: Any, context: Any) -> Any:
+            try:
+                self._check_auth(context)
+                return method(self, request, context)
+            except MLOSError as exc:
+                context.abort(grpc_status_for(exc), str(exc))
+
+        return wrapper  # type: ignore[return-value]
+
+    @_guarded
+    def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        ready = self.plane.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
+
+    @_guarded
+    def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
+
+    @_guarded
+    def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        meta = self.plane.model_metadata(request.name, request.version or None)
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+        )
+
+    @_guarded
+    def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        result = self.plane.infer_blocking(decode_request(request))
+        response = pb.ModelInferResponse(
+            model_name=result.model, model_version=result.version, id=result.id or ""
+        )
+        for out in result.outputs:
+            tensor = response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+            if out.shm is not None:
+                tensor.parameters["shared_memory_region"].string_param = out.shm.region
+                tensor.parameters["shared_memory_byte_size"].int64_param = out.shm.byte_size
+                response.raw_output_contents.append(b"")  # keeps indices aligned
+            else:
+                assert out.data is not None
+                response.raw_output_contents.append(bytes(to_bytes(out.data)))
+        return response
+
+    @_guarded
+    def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
+        models = [
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=m["name"], version=m.get("version", ""), state=m["state"],
+                reason=m["reason"],
+            )
+            for m in self.plane.repository_index(request.ready)
+        ]
+        return pb.RepositoryIndexResponse(models=models)
+
+    @_guarded
+    def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.plane.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_guarded
+    def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.plane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @_guarded
+    def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.plane.shm.status(request.name or None):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset,
+                    byte_size=region.byte_size,
+                )
+            )
+        return response
+
+    @_guarded
+    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.plane.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_guarded
+    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.plane.shm.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+
+def start_grpc_server(plane: DataPlane, host: str, port: int) -> tuple[grpc.Server, int]:
+    settings = plane.settings
+    limit = settings.max_request_bytes
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=settings.max_concurrency + 4, thread_name_prefix="mlos-grpc"
+        ),
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if not bound:
+        raise OSError(f"gRPC cannot bind {address}")
+    server.start()
+    return server, bound

@@ -1,0 +1,199 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Build the mlos-ml module and a busybox initramfs, boot real Debian kernels in QEMU.
+
+Shared by the `kernel` pytest layer and the kernel benchmarks. Guest kernels come from
+.cache/kernels/<abi>/ (extracted by scripts/setup.d/30-kernel.sh); headers from
+/usr/src/linux-headers-<abi>. Nothing here loads anything into the host's kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+KERNEL_SRC = REPO / "kernel"
+KCACHE = REPO / ".cache" / "kernels"
+INIT_SCRIPT = Path(__file__).with_name("guest_init.sh")
+MODULE_SOURCES = ("Kbuild", "Makefile", "dkms.conf", "compat.h", "mlos_ml.h", "main.c", "pool.c",
+                  "sched.c", "gpu.c", "include")
+UBUNTU_HEADERS = REPO / ".cache" / "ubuntu-headers"
+
+
+def guest_kernels() -> list[str]:
+    """ABI names of the extracted guest kernels, e.g. ['6.1.0-56-amd64', '6.12.95+deb12-amd64']."""
+    abis = KCACHE / ".abis"
+    if not abis.exists():
+        return []
+    return [line.strip() for line in abis.read_text().splitlines() if line.strip()]
+
+
+def kernel_image(abi: str) -> Path:
+    return KCACHE / abi / "boot" / f"vmlinuz-{abi}"
+
+
+def kernel_modules_dir(abi: str) -> Path:
+    return KCACHE / abi / "lib" / "modules" / abi
+
+
+def headers_dir(abi: str) -> Path:
+    return Path("/usr/src") / f"linux-headers-{abi}"
+
+
+@dataclasses.dataclass
+class ModuleBuild:
+    ko: Path
+    log: str
+
+    @property
+    def warnings(self) -> list[str]:
+        # Kbuild's own note that the compiler differs from the kernel's is not about our code.
+        return [ln for ln in self.log.splitlines() if re.search(r"\bwarning\b", ln, re.I)
+                and "Skipping BTF" not in ln and "compiler differs" not in ln]
+
+
+def copy_sources(dest: Path) -> Path:
+    """A private copy of the module sources (builds for several kernels must not collide)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for name in MODULE_SOURCES:
+        path = KERNEL_SRC / name
+        if path.is_dir():
+            shutil.copytree(path, dest / name)
+        else:
+            shutil.copy2(path, dest / name)
+    return dest
+
+
+def ubuntu_headers(release: str) -> Path | None:
+    found = sorted((UBUNTU_HEADERS / release / "usr" / "src").glob("linux-headers-*-generic"))
+    return found[-1] if found else None
+
+
+def build_module(kdir: Path, workdir: Path, extra: Iterable[str] = ()) -> ModuleBuild:
+    """Compile kernel/ out of tree against kdir, the way the image builder does."""
+    src = copy_sources(workdir / "mlos_ml_src")
+    proc = subprocess.run(["make", "-C", str(kdir), f"M={src}", "modules", *extra],
+                          capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"module build against {kdir} failed:\n{log[-4000:]}")
+    return ModuleBuild(ko=src / "mlos_ml.ko", log=log)
+
+
+def build_selftests(workdir: Path) -> dict[str, Path]:
+    """Static selftest and fuzzer binaries (they run in a bare busybox guest)."""
+    out = {}
+    for prog in ("mlos_ml_test", "mlos_ml_fuzz"):
+        dst = workdir / prog
+        src = KERNEL_SRC / "selftests" / f"{prog}.c"
+        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Wno-sign-compare",
+                        "-Wno-unused-parameter", "-Werror", "-static", "-pthread", "-o",
+                        str(dst), str(src)], check=True, capture_output=True, text=True)
+        out[prog] = dst
+    return out
+
+
+def make_initramfs(workdir: Path, files: Mapping[str, Path], init: Path = INIT_SCRIPT) -> Path:
+    """A newc cpio with busybox, /init and the given files (guest path -> host path)."""
+    root = workdir / "initramfs"
+    shutil.rmtree(root, ignore_errors=True)
+    for d in ("bin", "proc", "sys", "dev", "tmp", "mnt"):
+        (root / d).mkdir(parents=True)
+    shutil.copy2("/bin/busybox", root / "bin" / "busybox")
+    shutil.copy2(init, root / "init")
+    (root / "init").chmod(0o755)
+    for guest_path, host_path in files.items():
+        dst = root / guest_path.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if str(host_path).endswith(".xz"):
+            data = subprocess.run(["xz", "-dc", str(host_path)], check=True,
+                                  capture_output=True).stdout
+            dst.write_bytes(data)
+        elif str(host_path).endswith(".zst"):
+            data = subprocess.run(["zstd", "-dc", str(host_path)], check=True,
+                                  capture_output=True).stdout
+            dst.write_bytes(data)
+        else:
+            shutil.copy2(host_path, dst)
+    cpio = workdir / "initramfs.cpio"
+    names = subprocess.run(["find", "."], cwd=root, check=True, capture_output=True).stdout
+    with open(cpio, "wb") as fh:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=names,
+                       stdout=fh, check=True)
+    return cpio
+
+
+@dataclasses.dataclass
+class GuestRun:
+    output: str
+    seconds: float
+    returncode: int
+
+    def results(self) -> list[list[str]]:
+        """The MLOS-RESULT lines, split into words (the marker dropped)."""
+        out = []
+        for line in self.output.splitlines():
+            # The console may glue terminal escapes to the first line: search, not match.
+            at = line.find("MLOS-RESULT ")
+            if at >= 0:
+                out.append(line[at:].split()[1:])
+        return out
+
+    def result(self, *prefix: str) -> list[str] | None:
+        for words in self.results():
+            if words[: len(prefix)] == list(prefix):
+                return words[len(prefix):]
+        return None
+
+    def prefixed(self, marker: str, mode: str | None = None) -> list[str]:
+        lines = []
+        for line in self.output.splitlines():
+            line = line.strip()
+            if line.startswith(marker + " "):
+                rest = line[len(marker) + 1:]
+                if mode is not None:
+                    if not rest.startswith(mode + " "):
+                        continue
+                    rest = rest[len(mode) + 1:]
+                lines.append(rest)
+        return lines
+
+
+def kvm_usable() -> bool:
+    return os.environ.get("MLOS_QEMU_KVM") == "1" and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def run_guest(kernel: Path, initrd: Path, append: str = "", devices: Iterable[str] = (),
+              memory_mb: int = 768, cpus: int = 2, timeout: float = 300,
+              extra_args: Iterable[str] = ()) -> GuestRun:
+    """Boot kernel + initrd under QEMU (TCG; KVM only when MLOS_QEMU_KVM=1 says it works)."""
+    accel = ["-accel", "kvm", "-cpu", "host"] if kvm_usable() else ["-accel", "tcg", "-cpu", "max"]
+    cmd = ["qemu-system-x86_64", *accel, "-m", str(memory_mb), "-smp", str(cpus),
+           "-nographic", "-no-reboot", "-vga", "none", "-nodefaults", "-serial", "stdio",
+           "-kernel", str(kernel), "-initrd", str(initrd),
+           "-append", f"console=ttyS0 panic=-1 quiet loglevel=3 {append}".strip()]
+    for dev in devices:
+        cmd += ["-device", dev]
+    cmd += list(extra_args)
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              errors="replace")
+        out, rc = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        raw = exc.stdout or b""
+        out = (raw.decode(errors="replace") if isinstance(raw, bytes) else raw) + "\n[timeout]"
+        rc = -1
+    return GuestRun(output=out, seconds=time.monotonic() - start, returncode=rc)
+
+
+def scratch_dir(prefix: str = "mlos-kernel-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: Apache-2.0
+"""CPU hogs run while a phase is measured and are all gone after it; figures add up."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlos_build.report.charts import log_ticks, nice_ticks
+from mlos_build.report.contention import Hogs
+from mlos_build.report.stats import spread, summarize_latencies
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _group_states(pgid: int) -> set[str]:
+    states = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            states.add(fields[0])
+    return states
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes only once reaped; Hogs waits for each child.
+    return True
+
+
+def test_local_hogs_burn_cpu_and_stop() -> None:
+    with Hogs(2, "local", settle_s=0.2) as hogs:
+        pids = [p.pid for p in hogs.procs]
+        assert len(pids) == 2
+        before = [_cpu_ticks(pid) for pid in pids]
+        time.sleep(0.5)
+        after = [_cpu_ticks(pid) for pid in pids]
+        assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+    assert not hogs.procs
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_hog_command_runs_in_its_own_group_and_is_ended(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    cmd = f"echo {{n}} > {marker}; sleep 60 & sleep 60"
+    with Hogs(3, "command", command=cmd, settle_s=0.3) as hogs:
+        pid = hogs.procs[0].pid
+        assert os.getpgid(pid) == pid
+        assert marker.read_text().strip() == "3"
+    time.sleep(0.2)
+    # The whole group, background sleep included, has ended (zombies wait for a reaper).
+    assert _group_states(pid) <= {"Z"}
+
+
+def test_a_hog_command_that_fails_at_once_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="exited early"), Hogs(1, "command",
+                                                                 command="exit 3"):
+        pass
+
+
+def test_command_mode_needs_a_command() -> None:
+    with pytest.raises(ValueError, match="--hog-command"):
+        Hogs(2, "command")
+
+
+def test_repetition_figures() -> None:
+    lat = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    rep = summarize_latencies(lat, wall_s=2.0, errors=1)
+    assert rep["requests"] == 101 and rep["ok"] == 100 and rep["errors"] == 1
+    assert rep["p50_ms"] == pytest.approx(np.percentile(np.arange(1, 101), 50))
+    assert rep["p99_ms"] == pytest.approx(99.01)
+    assert rep["throughput_rps"] == pytest.approx(50.0)
+    empty = summarize_latencies([], 1.0, 5)
+    assert empty["p99_ms"] is None and empty["throughput_rps"] == 0
+    assert spread([3.0, None, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0, "n": 3}
+    assert spread([None]) is None
+
+
+def test_axis_ticks_cover_the_range() -> None:
+    ticks = nice_ticks(0, 23.4)
+    assert ticks[0] == 0 and ticks[-1] >= 23.4 and len(ticks) <= 7
+    decades = log_ticks(0.2, 4000)
+    assert decades[0] <= 1 and decades[-1] >= 1000 and 10 in decades
