@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
+from core_fixtures import *  # noqa: F403  (the fixtures)
 from core_models import mlp_reference
 from tritonclient.utils import InferenceServerException
 
