@@ -41,7 +41,7 @@ from .tensors import datatype_of, element_count, from_bytes, numpy_dtype, to_byt
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mlos-core"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory"]
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..dataplane import (
     OutputRequest,
     ShmRef,
 )
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PayloadTooLargeError
 from ..tensors import DTYPES, check_shape, from_bytes, from_json, to_bytes, to_json
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -241,6 +242,9 @@ def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Respo
         model_name: str = params["model_name"]
         model_version: str | None = params.get("model_version")
         body = await request.body()
+        encoding = request.headers.get("content-encoding")
+        if encoding is not None:
+            body = _decompress(body, encoding, plane.settings.max_request_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
         binary: memoryview | None = None
         if header_length is not None:
@@ -264,6 +268,24 @@ def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Respo
 
     return infer
 
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Request bodies compressed by the client (tritonclient's request_compression_algorithm:
+    gzip or deflate), inflated no further than the body limit."""
+    encoding = encoding.strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidInputError(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInputError(f"corrupt {encoding} body: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLargeError(f"decompressed body over the {limit}-byte limit")
+    return data
 
 
 def infer_routes(plane: DataPlane) -> list[Route]:

@@ -19,7 +19,8 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import add_sleepy_model
+from core_fixtures import *  # noqa: F403  (the fixtures)
+from core_fixtures import add_sleepy_model
 from tritonclient.utils import InferenceServerException
 
 SLEEPY_BODY = json.dumps(

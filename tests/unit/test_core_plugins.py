@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
-from conftest import add_sleepy_model
+from core_fixtures import *  # noqa: F403  (the fixtures)
+from core_fixtures import add_sleepy_model
 
 from mlos_core.plugins import PluginManager
 
