@@ -245,12 +245,21 @@ static int mlos_buf_release(struct inode *inode, struct file *file)
 static int mlos_buf_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct mlos_buf *buf = file->private_data;
+	unsigned long count = vma_pages(vma), left;
+	int ret;
 
 	/* A private mapping would copy on write: the opposite of what a pool is for. */
 	if (!(vma->vm_flags & VM_SHARED))
 		return -EINVAL;
+	if (vma->vm_pgoff >= buf->npages || count > buf->npages - vma->vm_pgoff)
+		return -EINVAL;
 	mlos_vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP);
-	return vm_map_pages(vma, buf->pages, buf->npages);
+	/* All pages now, in batches under one page-table lock: no faults on first touch. */
+	left = count;
+	ret = vm_insert_pages(vma, vma->vm_start, buf->pages + vma->vm_pgoff, &left);
+	if (!ret && left)
+		ret = -EFAULT;
+	return ret;
 }
 
 static const struct file_operations mlos_buf_fops = {

@@ -41,7 +41,7 @@ from .tensors import datatype_of, element_count, from_bytes, numpy_dtype, to_byt
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mlos-core"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory"]
 
 
 @dataclass(slots=True)
@@ -294,6 +294,16 @@ class DataPlane:
             raise ModelNotReadyError(f"model {name!r} is not ready")
         return backend
 
+    def models_with(self, capability: str) -> list[str]:
+        """Names of loaded models whose backend has `capability` (for capability routers,
+        e.g. the OpenAI API lists the text-generation models)."""
+        names = []
+        for name, state in sorted(self.models.items()):
+            backend = state.latest
+            if backend is not None and capability in getattr(backend, "capabilities", ()):
+                names.append(name)
+        return names
+
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
             return self.backend(name, version).ready and not self.draining
@@ -441,7 +451,9 @@ class DataPlane:
         compute_done = time.perf_counter()
         key = id(backend)
         previous = self._compute_ewma.get(key)
-        spent = compute_done - compute_started
+        # Clipped, so one preempted run on a busy machine does not flip a tiny model to
+        # the pool; a model that is really slow still crosses the threshold in a few runs.
+        spent = min(compute_done - compute_started, 2 * self._inline_s)
         self._compute_ewma[key] = spent if previous is None else 0.8 * previous + 0.2 * spent
         outputs: list[OutputTensor] = []
         requests_by_name = {o.name: o for o in wanted or ()}

@@ -173,6 +173,13 @@ static int t_pool_lifecycle(void)
 	CHECK(!mlos_ioctl(fd, MLOS_ML_IOC_POOL_DESTROY, &pd), "destroy");
 	CHECK(mlos_ioctl(fd, MLOS_ML_IOC_POOL_DESTROY, &pd) == -ENOENT, "double destroy");
 	CHECK(pool_stats(fd, id, &st) == -ENOENT, "stats of destroyed pool");
+	/* Node 0 is always online: a pool placed there reports it. */
+	{
+		struct mlos_ml_pool_create req = { .size = 1 << 16, .numa_node = 0 };
+
+		CHECK(!mlos_ioctl(fd, MLOS_ML_IOC_POOL_CREATE, &req), "create on node 0");
+		CHECK(!pool_stats(fd, req.pool_id, &st) && st.numa_node == 0, "node not kept");
+	}
 	close(fd);
 	return PASS;
 }

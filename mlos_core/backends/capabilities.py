@@ -168,6 +168,15 @@ class ContextQueue:
         with self._cond:
             self._remove(ticket)
 
+    def cancel_all(self, timeout: float) -> bool:
+        """Cancel every admitted request and wait until the line is empty (the model is
+        about to be unloaded). False if a request was still running at the timeout."""
+        with self._cond:
+            for ticket in self._line:
+                ticket.cancelled.set()
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: not self._line, timeout)
+
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()

@@ -235,6 +235,11 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
         return {TEXT_OUTPUT: np.array(texts, dtype=object).reshape(prompts.shape)}
 
     def unload(self) -> None:
+        # Requests still running hold pointers into the model: stop them first (each
+        # notices within one token), or freeing the model under them would crash.
+        for queue in (self._queue, self._embed_queue):
+            if not queue.cancel_all(timeout=30):
+                log.warning("%s: unloading while a request still runs", self.source.name)
         for attr in ("_llama", "_embedder"):
             model = getattr(self, attr)
             setattr(self, attr, None)

@@ -451,6 +451,8 @@ class DataPlaneModels:
         return cards
 
     def text_model(self, name: str) -> TextGenerator:
+        if self.plane.draining:
+            raise ServerBusyError("the server is shutting down; retry on another instance")
         backend = self.plane.backend(name)
         if not isinstance(backend, TextGenerator):
             raise UnsupportedError(

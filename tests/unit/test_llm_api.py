@@ -305,3 +305,22 @@ def test_client_disconnect_frees_the_context(server: Any) -> None:
     while backend._queue.depth and time.monotonic() < deadline:
         time.sleep(0.01)
     assert backend._queue.depth == 0
+
+
+def test_api_key_applies_to_the_openai_routes(
+    tmp_path: Path, files: dict[str, Path]
+) -> None:
+    repo = tmp_path / "models"
+    add_model(repo, "tiny", files["plain"], {"context_size": CTX})
+    srv = start_server(repo, api_key="s3cret")
+    try:
+        url = f"http://{srv.url}/v1"
+        good = openai.OpenAI(base_url=url, api_key="s3cret", max_retries=0)
+        assert good.completions.create(model="tiny", prompt="x", max_tokens=3).choices
+        bad = openai.OpenAI(base_url=url, api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.completions.create(model="tiny", prompt="x", max_tokens=3)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+    finally:
+        srv.stop_background()

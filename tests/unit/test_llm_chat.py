@@ -221,3 +221,25 @@ def test_metrics_render_counters_and_a_ttft_histogram() -> None:
     assert 'mlos_llm_time_to_first_token_seconds_bucket{model="gemma",le="0.025"} 1' in text
     assert 'mlos_llm_time_to_first_token_seconds_bucket{model="gemma",le="+Inf"} 2' in text
     assert 'mlos_llm_requests_total{model="gemma",endpoint="chat",outcome="stop"} 1' in text
+
+
+def test_cancel_all_empties_the_queue_before_unload() -> None:
+    queue = ContextQueue(max_waiting=4)
+    running, waiting = queue.admit(), queue.admit()
+    assert queue.acquire(running)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(queue.acquire(waiting)))
+    waiter.start()
+
+    def finish_running() -> None:  # the generation loop sees the cancel and releases
+        while not running.cancelled.is_set():
+            time.sleep(0.01)
+        queue.release(running)
+
+    worker = threading.Thread(target=finish_running)
+    worker.start()
+    assert queue.cancel_all(timeout=5)
+    waiter.join(5)
+    worker.join(5)
+    assert got == [False] and queue.depth == 0
+    assert queue.cancel_all(timeout=0)  # nothing left: returns at once

@@ -134,3 +134,26 @@ def test_waiting_requests_are_served_in_arrival_order(client: openai.OpenAI) -> 
     for t in threads:
         t.join(120)
     assert finished == [0, 1, 2, 3]
+
+
+def test_unload_mid_stream_ends_the_stream_cleanly(server: Any) -> None:
+    # Last in this module: it unloads the model. Freeing a llama.cpp model under a running
+    # generation would crash the server; the backend cancels and waits first.
+    body = {"model": "gemma3-270m", "prompt": "Write a long story.", "max_tokens": 900,
+            "stream": True}
+    with httpx.Client(timeout=60) as http, http.stream(
+        "POST", f"http://{server.url}/v1/completions", json=body
+    ) as r:
+        lines = r.iter_lines()
+        for _ in range(3):
+            next(lines)
+        t0 = time.monotonic()
+        unloaded = http.post(f"http://{server.url}/v2/repository/models/gemma3-270m/unload")
+        assert unloaded.status_code == 200
+        assert time.monotonic() - t0 < 5
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    assert httpx.get(f"http://{server.url}/health").json()["status"] == "ok"
+    gone = httpx.post(f"http://{server.url}/v1/completions",
+                      json={"model": "gemma3-270m", "prompt": "x"})
+    assert gone.status_code == 503 and gone.json()["error"]["code"] == "model_not_ready"
