@@ -232,11 +232,15 @@ def test_the_mode_card_matches_each_services_health(mode: str, services: dict[st
 
 def test_four_mode_comparison_from_real_runs(services: dict[str, Service],
                                              tmp_path: Path) -> None:
-    files = []
+    files: list[str] = []
     for mode, svc in services.items():
+        # The last run renders the earlier ones beside itself (--compare-with).
         _run(svc, tmp_path / mode, "--protocols", ONE_PROTOCOL, "--models", "mlp", "--hogs", "1",
-             "--concurrency", "1", "--requests", "10", "--tensor-sizes-mib", "")
+             "--concurrency", "1", "--requests", "10", "--tensor-sizes-mib", "",
+             "--compare-with", *files)
         files.append(str(tmp_path / mode / "results.json"))
+    last = (tmp_path / mode / "report.html").read_text()
+    assert _card(last) == [MODE_CARDS[m] for m in MODE_PARAMS]
     out = tmp_path / "compare.html"
     assert main(["render", *files, "--out", str(out)]) == 0
     html = out.read_text()
