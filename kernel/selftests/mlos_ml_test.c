@@ -235,6 +235,32 @@ static int t_buf_mmap(void)
 	return PASS;
 }
 
+static int t_buf_info(void)
+{
+	struct mlos_ml_buf_info info = { 0 };
+	int fd = dev_open(), bfd, null = open("/dev/null", O_RDWR);
+	uint32_t id;
+
+	CHECK(fd >= 0 && null >= 0, "open: %s", strerror(errno));
+	CHECK(!pool_create(fd, 1 << 20, &id), "create");
+	bfd = buf_alloc(fd, id, 5000, 0);
+	CHECK(bfd >= 0, "alloc: %d", bfd);
+	CHECK(!mlos_ioctl(bfd, MLOS_ML_IOC_BUF_INFO, &info), "BUF_INFO");
+	CHECK(info.size == 8192 && info.numa_node == MLOS_ML_NUMA_ANY, "size %llu node %d",
+	      (unsigned long long)info.size, info.numa_node);
+	info.size = 0;
+	info.reserved0 = 1;
+	CHECK(mlos_ioctl(bfd, MLOS_ML_IOC_BUF_INFO, &info) == -EINVAL, "reserved accepted");
+	memset(&info, 0, sizeof(info));
+	CHECK(mlos_ioctl(fd, MLOS_ML_IOC_BUF_INFO, &info) == -ENOTTY, "device fd answered");
+	CHECK(mlos_ioctl(null, MLOS_ML_IOC_BUF_INFO, &info) == -ENOTTY, "/dev/null answered");
+	CHECK(mlos_ioctl(bfd, MLOS_ML_IOC_VERSION, &info) == -ENOTTY, "buffer took VERSION");
+	close(bfd);
+	close(null);
+	close(fd);
+	return PASS;
+}
+
 static int send_fd(int sock, int fd)
 {
 	char data = 'F', cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
@@ -717,6 +743,7 @@ static const struct test tests[] = {
 	{ "pool_lifecycle", t_pool_lifecycle, &feat_mem },
 	{ "pool_invalid", t_pool_invalid, &feat_mem },
 	{ "buf_mmap", t_buf_mmap, &feat_mem },
+	{ "buf_info", t_buf_info, &feat_mem },
 	{ "buf_share_fd", t_buf_share_fd, &feat_mem },
 	{ "pool_exhaust", t_pool_exhaust, &feat_mem },
 	{ "buf_outlives_pool", t_buf_outlives_pool, &feat_mem },

@@ -60,9 +60,16 @@ class Buffer:
         self._map: mmap.mmap | None = None
 
     @classmethod
-    def from_fd(cls, fd: int, size: int) -> Buffer:
-        """Adopts a buffer descriptor received from another process (SCM_RIGHTS)."""
-        return cls(fd, size)
+    def from_fd(cls, fd: int, size: int | None = None) -> Buffer:
+        """Adopts a buffer descriptor received from another process (SCM_RIGHTS).
+
+        The module is asked what the descriptor is: anything but an mlos-ml buffer raises
+        MlosMlError (ENOTTY), and a size larger than the buffer raises ValueError."""
+        info = uapi.BufInfo()
+        _ioctl(fd, uapi.IOC_BUF_INFO, info, "buf_info")
+        if size is not None and size > info.size:
+            raise ValueError(f"buffer has {info.size} bytes, {size} requested")
+        return cls(fd, int(info.size) if size is None else size)
 
     @property
     def memory(self) -> mmap.mmap:

@@ -53,6 +53,10 @@ class BufAlloc(_Struct):
                 ("reserved", u32)]
 
 
+class BufInfo(_Struct):
+    _fields_ = [("size", u64), ("numa_node", s32), ("reserved0", u32), ("reserved", u64 * 2)]
+
+
 class PoolStats(_Struct):
     _fields_ = [("pool_id", u32), ("numa_node", s32), ("size", u64), ("free", u64),
                 ("peak_used", u64), ("nr_buffers", u64), ("allocs", u64),
@@ -113,6 +117,7 @@ IOC_POOL_CREATE = _iowr(0x10, PoolCreate)
 IOC_POOL_DESTROY = _iowr(0x11, PoolDestroy)
 IOC_BUF_ALLOC = _iowr(0x12, BufAlloc)
 IOC_POOL_STATS = _iowr(0x13, PoolStats)
+IOC_BUF_INFO = _iowr(0x14, BufInfo)
 IOC_SCHED_REGISTER = _iowr(0x20, SchedRegister)
 IOC_SCHED_UNREGISTER = _iowr(0x21, SchedUnregister)
 IOC_SCHED_STATS = _iowr(0x22, SchedStats)
@@ -124,7 +129,8 @@ IOC_GPU_RELEASE = _iowr(0x33, GpuRelease)
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "mlos_ml_version": Version, "mlos_ml_pool_create": PoolCreate,
     "mlos_ml_pool_destroy": PoolDestroy, "mlos_ml_buf_alloc": BufAlloc,
-    "mlos_ml_pool_stats": PoolStats, "mlos_ml_sched_register": SchedRegister,
+    "mlos_ml_pool_stats": PoolStats, "mlos_ml_buf_info": BufInfo,
+    "mlos_ml_sched_register": SchedRegister,
     "mlos_ml_sched_unregister": SchedUnregister, "mlos_ml_sched_stats": SchedStats,
     "mlos_ml_gpu_info": GpuInfo, "mlos_ml_gpu_list": GpuList,
     "mlos_ml_gpu_set_capacity": GpuSetCapacity, "mlos_ml_gpu_lease": GpuLease,

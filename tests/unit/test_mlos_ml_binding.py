@@ -123,7 +123,7 @@ def test_pool_buffer_as_numpy_and_shared_by_fd() -> None:
         if pid == 0:  # another process maps the same pages from the passed descriptor
             try:
                 _, fds, _, _ = socket.recv_fds(child, 1, 1)
-                other = mlos_ml.Buffer.from_fd(fds[0], 1 << 20).array(np.float32, (512, 512))
+                other = mlos_ml.Buffer.from_fd(fds[0]).array(np.float32, (512, 512))
                 ok = other[511, 511] == 512 * 512 - 1
                 other[0, 0] = -1.0
                 os._exit(0 if ok else 1)
@@ -135,6 +135,10 @@ def test_pool_buffer_as_numpy_and_shared_by_fd() -> None:
         assert arr[0, 0] == -1.0  # the child's write, seen without any copy
         stats = pool.stats()
         assert stats["nr_buffers"] == 1 and stats["free"] == 3 << 20
+        with open("/dev/null", "rb") as null, pytest.raises(mlos_ml.MlosMlError):
+            mlos_ml.Buffer.from_fd(null.fileno())
+        with pytest.raises(ValueError):
+            mlos_ml.Buffer.from_fd(buf.fd, 2 << 20)
         with pytest.raises(mlos_ml.PoolExhaustedError):
             pool.alloc(4 << 20)
         del arr
