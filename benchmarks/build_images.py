@@ -48,7 +48,7 @@ def plain_project(spec: ImageSpec, dest: Path) -> None:
         "[Content]\nBootable=yes\nBootloader=systemd-boot\n"
         "KernelCommandLine=console=tty0 console=ttyS0,115200 systemd.firstboot=off\n"
         "Locale=C.UTF-8\nTimezone=UTC\nHostname=plain\n"
-        "Packages=" + " ".join(packages) + "\n")
+        "Packages=" + ",".join(packages) + "\n")
 
 
 def build_plain(project: Path, out: Path, cache: Path) -> float:

@@ -113,6 +113,10 @@ def render(spec: ImageSpec, dest: Path) -> list[Path]:
     env.filters["py"] = repr
     context = spec.context()
     if dest.exists():
+        # Replace an earlier render, never a directory that holds something else.
+        if any(dest.iterdir()) and not (dest / "mkosi.conf").exists():
+            raise BuildError(f"{dest} exists and is not an mkosi project",
+                             hint="pass --output-dir with a new or empty directory")
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     written: list[Path] = []
