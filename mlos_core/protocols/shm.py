@@ -130,9 +130,10 @@ class SharedMemoryRegistry:
                     f"cannot take descriptor {fd} of process {pid}: {exc.strerror} (the "
                     "service needs the client's user or CAP_SYS_PTRACE)") from None
             try:
-                if os.readlink(f"/proc/self/fd/{dup}") != "anon_inode:[mlos-ml-buf]":
-                    raise InvalidInputError(f"descriptor {fd} of process {pid} is not an "
-                                            "mlos-ml buffer")
+                with contextlib.suppress(OSError):  # no /proc: mmap still checks the size
+                    if os.readlink(f"/proc/self/fd/{dup}") != "anon_inode:[mlos-ml-buf]":
+                        raise InvalidInputError(f"descriptor {fd} of process {pid} is not "
+                                                "an mlos-ml buffer")
                 mapping = mmap.mmap(dup, offset + byte_size)
             except (OSError, ValueError) as exc:
                 raise InvalidInputError(f"cannot map mlos-ml buffer {key!r}: {exc}") from None
