@@ -62,6 +62,9 @@ def create_app(settings: Settings, plane: DataPlane | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The event loop's thread serves HTTP: throughput class under the mlos_ml scheduler
+        # (inference threads register themselves as latency-critical when they start).
+        plane.kernel.register_thread(latency=False)
         yield
         plane.close()
 
