@@ -139,3 +139,23 @@ def test_helpers() -> None:
     assert wants_gpu({"gpu_memory_mb": 512}) == 512 << 20
     assert wants_gpu({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}) == 1 << 30
     assert wants_gpu({"instance_group": [{"kind": "KIND_CPU"}]}) == 0
+
+
+def test_mlos_ml_shm_key_checks_the_descriptor() -> None:
+    import os
+
+    from mlos_core.errors import InvalidInputError
+    from mlos_core.protocols.shm import SharedMemoryRegistry
+
+    registry = SharedMemoryRegistry()  # no kernel modes object: the key is tried
+    fd = os.memfd_create("not-mlos-ml")
+    try:
+        os.ftruncate(fd, 4096)
+        # pidfd_getfd really takes the descriptor; it is refused for not being a buffer.
+        with pytest.raises(InvalidInputError, match="not an mlos-ml buffer"):
+            registry.register("r", f"mlos-ml:{os.getpid()}:{fd}", 0, 4096)
+        with pytest.raises(InvalidInputError, match="cannot take descriptor"):
+            registry.register("r", f"mlos-ml:{os.getpid()}:9999", 0, 4096)
+        assert registry.status() == []
+    finally:
+        os.close(fd)
