@@ -75,7 +75,11 @@ def release_versions(runs: list[dict[str, Any]], names: list[str]) -> str:
         mode = run.get("runtime_mode")
         features = v.get("features")
         if isinstance(features, dict):
-            features = ", ".join(k for k, on in features.items() if on) or "none"
+            # Core reports each feature as {"in_use": bool, "reason": ...}; older ones as bools.
+            features = ", ".join(
+                k for k, on in features.items()
+                if (on.get("in_use") if isinstance(on, dict) else on)
+            ) or "none"
         elif isinstance(features, list):
             features = ", ".join(map(str, features)) or "none"
         out.append(f"<h3>{escape(name)}</h3><div class=\"cards\">")
