@@ -48,7 +48,7 @@ def plain_project(spec: ImageSpec, dest: Path) -> None:
         "[Content]\nBootable=yes\nBootloader=systemd-boot\n"
         "KernelCommandLine=console=tty0 console=ttyS0,115200 systemd.firstboot=off\n"
         "Locale=C.UTF-8\nTimezone=UTC\nHostname=plain\n"
-        "Packages=" + " ".join(packages) + "\n")
+        "Packages=" + ",".join(packages) + "\n")
 
 
 def build_plain(project: Path, out: Path, cache: Path) -> float:
@@ -60,9 +60,9 @@ def build_plain(project: Path, out: Path, cache: Path) -> float:
     return time.monotonic() - start
 
 
-def build_mlos(spec: ImageSpec, out: Path) -> tuple[float, Path]:
+def build_mlos(spec: ImageSpec, source: Path, out: Path) -> tuple[float, Path]:
     start = time.monotonic()
-    result = MkosiDiskTarget(spec, REPO, lambda line: None).build(out)
+    result = MkosiDiskTarget(spec, source, lambda line: None).build(out)
     return time.monotonic() - start, result.image
 
 
@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--distribution", default="ubuntu")
     parser.add_argument("--variant", default="full")
+    parser.add_argument("--mlos-source", type=Path, default=REPO)
     parser.add_argument("--work-dir", type=Path, default=Path("/var/tmp/mlos-bench"))
     args = parser.parse_args()
     shutil.rmtree(args.work_dir, ignore_errors=True)
@@ -109,7 +110,7 @@ def main() -> None:
     plain_image = plain_out / "plain.raw"
     mlos_out = args.work_dir / "mlos-out"
     for label in ("cold", "warm"):
-        secs, mlos_image = build_mlos(spec, mlos_out)
+        secs, mlos_image = build_mlos(spec, args.mlos_source, mlos_out)
         rows["MLOS"][f"{label} build"] = f"{secs:.0f} s"
     rows["plain mkosi"]["image size"] = size(plain_image)
     rows["MLOS"]["image size"] = size(mlos_image)

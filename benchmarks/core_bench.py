@@ -361,15 +361,16 @@ class Bench:
                       self.find("MLOS shared memory, gRPC (tritonclient)", "16MiB").p50)
         bin_big = self.find("MLOS REST binary (tritonclient)", "16MiB")
         json_big = self.find("MLOS REST JSON (tritonclient)", "16MiB")
-        best_rest = min(rest_bin.p50, rest_json.p50)
 
         def row(target: str, measured: str, met: bool) -> None:
             lines.append(f"| {target} | {measured} | {'yes' if met else 'no'} |")
 
-        row("MLP REST p50 no slower than the hand-written FastAPI endpoint",
-            f"MLOS REST {fmt(best_rest)} (binary {fmt(rest_bin.p50)}, JSON {fmt(rest_json.p50)}, "
-            f"JSON with the raw client {fmt(rest_raw.p50)}) vs hand-written {fmt(hand.p50)}",
-            best_rest <= hand.p50)
+        row("MLP REST p50 no slower than the hand-written FastAPI endpoint (same JSON, same "
+            "raw keep-alive client)",
+            f"MLOS {fmt(rest_raw.p50)} vs hand-written {fmt(hand.p50)} "
+            f"({rest_raw.p50 / hand.p50:.2f}x). Through tritonclient, which also encodes and "
+            f"decodes on the client: binary {fmt(rest_bin.p50)}, JSON {fmt(rest_json.p50)}",
+            rest_raw.p50 <= hand.p50)
         row("MLP gRPC p50 at most 2x the no-op floor",
             f"{fmt(grpc_mlp.p50)} vs grpcio no-op {fmt(grpc_noop.p50)} "
             f"({grpc_mlp.p50 / grpc_noop.p50:.2f}x)", grpc_mlp.p50 <= 2 * grpc_noop.p50)

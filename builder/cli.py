@@ -45,6 +45,9 @@ def _image_options(p: argparse.ArgumentParser) -> None:
                    f"(default: {DEFAULT_CACHE_DIR})")
     p.add_argument("--with-llm", action="store_true",
                    help="also install llama-cpp-python (compiled once, then cached)")
+    p.add_argument("--autologin", action="store_true",
+                   help="log root in on the consoles without a password (development only; "
+                   "otherwise root is locked)")
     p.add_argument("--mlos-source", type=Path, default=REPO_ROOT,
                    help="MLOS source tree to install (default: this checkout)")
 
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _spec(args: argparse.Namespace) -> ImageSpec:
     return ImageSpec.create(args.distribution, args.variant, release=args.release,
                             mirror=args.mirror, cache_dir=args.cache_dir,
-                            with_llm=args.with_llm)
+                            with_llm=args.with_llm, autologin=args.autologin)
 
 
 def cmd_build(args: argparse.Namespace, progress: Progress) -> int:

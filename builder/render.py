@@ -34,18 +34,21 @@ class ImageSpec:
     mirror: str
     cache_dir: Path = DEFAULT_CACHE_DIR
     with_llm: bool = False
+    autologin: bool = False
     mlos_version: str = __version__
 
     @classmethod
     def create(cls, distribution: str, variant: str, release: str | None = None,
                mirror: str | None = None, cache_dir: Path | None = None,
-               with_llm: bool = False, mlos_version: str | None = None) -> ImageSpec:
+               with_llm: bool = False, autologin: bool = False,
+               mlos_version: str | None = None) -> ImageSpec:
         dist = load_distribution(distribution)
         rel = dist.release(release)
         return cls(distribution=dist, release=rel.name, variant=load_variant(variant),
                    mirror=(mirror or dist.mirror).rstrip("/"),
                    cache_dir=(cache_dir or DEFAULT_CACHE_DIR).absolute(),
-                   with_llm=with_llm, mlos_version=mlos_version or __version__)
+                   with_llm=with_llm, autologin=autologin,
+                   mlos_version=mlos_version or __version__)
 
     @property
     def name(self) -> str:
@@ -86,6 +89,7 @@ class ImageSpec:
             "build_packages": self.build_packages(),
             "pip_cache_mount": str(self.pip_cache_dir),
             "with_llm": self.with_llm,
+            "autologin": self.autologin,
             "rest_port": REST_PORT,
             "demo": DEMO,
         }
@@ -109,6 +113,10 @@ def render(spec: ImageSpec, dest: Path) -> list[Path]:
     env.filters["py"] = repr
     context = spec.context()
     if dest.exists():
+        # Replace an earlier render, never a directory that holds something else.
+        if any(dest.iterdir()) and not (dest / "mkosi.conf").exists():
+            raise BuildError(f"{dest} exists and is not an mkosi project",
+                             hint="pass --output-dir with a new or empty directory")
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     written: list[Path] = []

@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ KNOWN_FAILURES: tuple[tuple[str, str, str], ...] = (
 )
 
 Progress = Callable[[str], None]
+HEARTBEAT_S = 30.0
 
 
 def stderr_progress(line: str) -> None:
@@ -131,6 +133,20 @@ def _stream(
     start = time.monotonic()
     tail: collections.deque[str] = collections.deque(maxlen=40)
     log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
+    # A long step (package downloads, pip) prints nothing worth showing for minutes: say
+    # every HEARTBEAT_S that the command is still working, with its latest output line.
+    last_shown = [time.monotonic()]
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            if time.monotonic() - last_shown[0] >= HEARTBEAT_S:
+                latest = tail[-1].strip()[:100] if tail else ""
+                progress(f"  ... still working ({latest})" if latest else "  ... still working")
+                last_shown[0] = time.monotonic()
+
+    ticker = threading.Thread(target=heartbeat, daemon=True)
+    ticker.start()
     try:
         with subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -143,11 +159,13 @@ def _stream(
                     log.write(raw)
                 if show is None or show(line):
                     progress(line)
+                    last_shown[0] = time.monotonic()
                 if timeout is not None and time.monotonic() - start > timeout:
                     proc.kill()
                     raise subprocess.TimeoutExpired(args, timeout)
             returncode = proc.wait()
     finally:
+        done.set()
         if log:
             log.close()
     return subprocess.CompletedProcess(args, returncode, "", ""), list(tail)

@@ -10,6 +10,7 @@
 #define pr_fmt(fmt) "mlos-ml: " fmt
 
 #include <linux/anon_inodes.h>
+#include <linux/compat.h>
 #include <linux/file.h>
 #include <linux/highmem.h>
 #include <linux/kref.h>
@@ -245,18 +246,56 @@ static int mlos_buf_release(struct inode *inode, struct file *file)
 static int mlos_buf_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct mlos_buf *buf = file->private_data;
+	unsigned long count = vma_pages(vma), left;
+	int ret;
 
 	/* A private mapping would copy on write: the opposite of what a pool is for. */
 	if (!(vma->vm_flags & VM_SHARED))
 		return -EINVAL;
+	if (vma->vm_pgoff >= buf->npages || count > buf->npages - vma->vm_pgoff)
+		return -EINVAL;
 	mlos_vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP);
-	return vm_map_pages(vma, buf->pages, buf->npages);
+	/* All pages now, in batches under one page-table lock: no faults on first touch. */
+	left = count;
+	ret = vm_insert_pages(vma, vma->vm_start, buf->pages + vma->vm_pgoff, &left);
+	if (!ret && left)
+		ret = -EFAULT;
+	return ret;
 }
+
+/* Lets a process that received a buffer fd check what it is before mapping it. */
+static long mlos_buf_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)
+{
+	struct mlos_buf *buf = file->private_data;
+	void __user *arg = (void __user *)uarg;
+	struct mlos_ml_buf_info info;
+
+	if (cmd != MLOS_ML_IOC_BUF_INFO)
+		return -ENOTTY;
+	if (copy_from_user(&info, arg, sizeof(info)))
+		return -EFAULT;
+	if (info.size || info.numa_node || info.reserved0 || info.reserved[0] || info.reserved[1])
+		return -EINVAL;
+	info.size = (u64)buf->npages << PAGE_SHIFT;
+	info.numa_node = buf->pool->node;
+	return copy_to_user(arg, &info, sizeof(info)) ? -EFAULT : 0;
+}
+
+#ifdef CONFIG_COMPAT
+static long mlos_buf_compat_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	return mlos_buf_ioctl(file, cmd, (unsigned long)compat_ptr(arg));
+}
+#endif
 
 static const struct file_operations mlos_buf_fops = {
 	.owner = THIS_MODULE,
 	.release = mlos_buf_release,
 	.mmap = mlos_buf_mmap,
+	.unlocked_ioctl = mlos_buf_ioctl,
+#ifdef CONFIG_COMPAT
+	.compat_ioctl = mlos_buf_compat_ioctl,
+#endif
 	.llseek = mlos_llseek,
 };
 

@@ -16,6 +16,7 @@ from fastapi.responses import PlainTextResponse
 from . import __version__
 from .backends.base import CAP_INFER, CAP_TEXT_GENERATION
 from .dataplane import DataPlane
+from .protocols import rest_kserve
 from .protocols.http import GuardMiddleware, install_error_handlers
 from .settings import Settings
 
@@ -61,6 +62,9 @@ def create_app(settings: Settings, plane: DataPlane | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The event loop's thread serves HTTP: throughput class under the mlos_ml scheduler
+        # (inference threads register themselves as latency-critical when they start).
+        plane.kernel.register_thread(latency=False)
         yield
         plane.close()
 
@@ -75,6 +79,8 @@ def create_app(settings: Settings, plane: DataPlane | None = None) -> FastAPI:
     plane.start()
     install_error_handlers(app)
     _mount(app, plane)
+    # The inference routes go first: every request to them skips the other matches.
+    app.router.routes[0:0] = rest_kserve.infer_routes(plane)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
     async def metrics() -> PlainTextResponse:

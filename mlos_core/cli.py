@@ -75,5 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .server import run
 
-    run(settings)
+    try:
+        run(settings)
+    except OSError as exc:  # e.g. the model repository cannot be created, a port is taken
+        print(f"mlos-core: {exc}", file=sys.stderr)
+        return 1
     return 0

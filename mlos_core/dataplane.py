@@ -30,18 +30,19 @@ from .errors import (
     RequestTimeoutError,
     ServerBusyError,
 )
+from .kernel_modes import KernelModes, versions
 from .metrics import Metrics
 from .plugins import PluginManager
 from .protocols.shm import SharedMemoryRegistry
 from .registry import ModelRepository, RepositoryModel
 from .runtime_mode import RuntimeMode, detect
 from .settings import Settings
-from .tensors import datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
+from .tensors import DTYPES, datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mlos-core"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory"]
 
 
 @dataclass(slots=True)
@@ -121,15 +122,22 @@ class DataPlane:
         self.plugins = plugins or PluginManager().discover()
         self.repository = repository or ModelRepository(settings.model_repository)
         self.metrics = Metrics()
-        self.shm = SharedMemoryRegistry()
         self.runtime: RuntimeMode = detect(settings.sysfs_root)
+        self.kernel = KernelModes(
+            self.runtime, settings.mlos_ml_device, settings.tensor_pool_mb,
+            settings.reserved_cpus, settings.kernel_features,
+        ).start()
+        self.shm = SharedMemoryRegistry(self.kernel)
+        self.metrics.collectors.append(self.kernel.render_metrics)
+        self._versions = versions()
         self.models: dict[str, ModelState] = {}
         self.draining = False
         self._in_flight = 0
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.threads, thread_name_prefix="mlos-infer"
+            max_workers=settings.threads, thread_name_prefix="mlos-infer",
+            initializer=self.kernel.inference_thread_started,
         )
         self._idle = threading.Condition(self._lock)
         # Recent compute time per loaded backend (EWMA, seconds): tiny models run inline.
@@ -155,8 +163,9 @@ class DataPlane:
         self._executor.shutdown(wait=False, cancel_futures=True)
         for state in list(self.models.values()):
             for backend in state.versions.values():
-                backend.unload()
+                self._unload_backend(backend)
         self.shm.unregister()
+        self.kernel.close()
 
     @property
     def in_flight(self) -> int:
@@ -188,8 +197,12 @@ class DataPlane:
             state.reason = ""
         for version, backend in old.items():
             if backends.get(version) is not backend:
-                self._compute_ewma.pop(id(backend), None)
-                backend.unload()
+                self._unload_backend(backend)
+
+    def _unload_backend(self, backend: Backend) -> None:
+        self._compute_ewma.pop(id(backend), None)
+        backend.unload()
+        self.kernel.release_model(id(backend))
 
     def _load_versions(self, model: RepositoryModel) -> dict[str, Backend]:
         if not model.versions:
@@ -201,18 +214,26 @@ class DataPlane:
             for version in versions:
                 path = model.path / version
                 cls, file = self.plugins.select(path, model.config)
-                source = ModelSource(model.name, version, path, model.config, file, self.settings)
+                config = dict(model.config)
+                source = ModelSource(model.name, version, path, config, file, self.settings)
                 backend = cls(source)
+                # The GPU manager's lease decides the device and memory limit the backend
+                # gets (config["gpu_lease"]); no GPU: an empty device, the CPU.
+                lease = self.kernel.place_model(id(backend), model.name, model.config)
+                if lease:
+                    config["gpu_lease"] = lease
                 try:
                     backend.load()
                 except MLOSError:
+                    self.kernel.release_model(id(backend))
                     raise
                 except Exception as exc:  # a plugin's own error: still a load failure
+                    self.kernel.release_model(id(backend))
                     raise ModelLoadError(f"{model.name} v{version}: {exc}") from exc
                 loaded[version] = backend
         except Exception:
             for backend in loaded.values():
-                backend.unload()
+                self._unload_backend(backend)
             raise
         return loaded
 
@@ -225,8 +246,7 @@ class DataPlane:
             old, state.versions = state.versions, {}
             state.state, state.reason = "UNAVAILABLE", "unloaded"
         for backend in old.values():
-            self._compute_ewma.pop(id(backend), None)
-            backend.unload()
+            self._unload_backend(backend)
 
     def register_model(
         self,
@@ -294,6 +314,16 @@ class DataPlane:
             raise ModelNotReadyError(f"model {name!r} is not ready")
         return backend
 
+    def models_with(self, capability: str) -> list[str]:
+        """Names of loaded models whose backend has `capability` (for capability routers,
+        e.g. the OpenAI API lists the text-generation models)."""
+        names = []
+        for name, state in sorted(self.models.items()):
+            backend = state.latest
+            if backend is not None and capability in getattr(backend, "capabilities", ()):
+                names.append(name)
+        return names
+
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
             return self.backend(name, version).ready and not self.draining
@@ -330,6 +360,8 @@ class DataPlane:
                 "unavailable": len(states) - states.count("READY"),
             },
             "backends": self.plugins.formats(),
+            **self._versions,
+            **self.kernel.health(),
         }
 
     # ---- inference -------------------------------------------------------------------------
@@ -436,12 +468,16 @@ class DataPlane:
             }
             results = backend.infer_into(arrays, targets)
         written = results is not None
+        if results is None and self.kernel.pool is not None:
+            results = self._infer_pooled(backend, arrays, names)
         if results is None:
             results = backend.infer(arrays, names)
         compute_done = time.perf_counter()
         key = id(backend)
         previous = self._compute_ewma.get(key)
-        spent = compute_done - compute_started
+        # Clipped, so one preempted run on a busy machine does not flip a tiny model to
+        # the pool; a model that is really slow still crosses the threshold in a few runs.
+        spent = min(compute_done - compute_started, 2 * self._inline_s)
         self._compute_ewma[key] = spent if previous is None else 0.8 * previous + 0.2 * spent
         outputs: list[OutputTensor] = []
         requests_by_name = {o.name: o for o in wanted or ()}
@@ -460,6 +496,34 @@ class DataPlane:
             request.model, request.protocol, started - queued_at, compute_done - compute_started
         )
         return InferResponse(request.model, backend.source.version, outputs, request.id)
+
+    def _infer_pooled(
+        self, backend: Backend, arrays: dict[str, np.ndarray], names: list[str]
+    ) -> dict[str, np.ndarray] | None:
+        """Memory manager: the backend writes the outputs straight into pooled mlos-ml
+        buffers (ONNX Runtime IO binding). None when this model or request cannot (unknown
+        output shapes, BYTES outputs) or the module fails: the caller then runs the plain
+        path, so a module error never fails the request."""
+        pool = self.kernel.pool
+        shapes = backend.output_shapes(arrays)
+        if pool is None or shapes is None:
+            return None
+        kinds = {spec.name: spec.datatype for spec in backend.outputs}
+        targets: dict[str, memoryview] = {}
+        try:
+            for name in names:
+                dtype = DTYPES.get(kinds.get(name, ""))
+                if dtype is None or dtype.kind == "O" or name not in shapes:
+                    return None
+                nbytes = max(1, element_count(shapes[name]) * dtype.itemsize)
+                targets[name] = pool.acquire(nbytes).data
+            return backend.infer_into(arrays, targets)
+        except MLOSError:
+            raise
+        except Exception as exc:  # an mlos_ml error (pool full, ioctl failing): fall back
+            self.kernel.fallback("pool")
+            log.debug("pool buffers unavailable for this request: %s", exc)
+            return None
 
     def _validated_inputs(self, backend: Backend, request: InferRequest) -> dict[str, np.ndarray]:
         specs = {s.name: s for s in backend.inputs}

@@ -63,6 +63,20 @@ class Settings(BaseSettings):
     )
     load_models_at_start: bool = Field(True, description="load every model found at start")
     log_level: str = Field("info", description="debug, info, warning or error")
+    # mlos_ml kernel module (docs/kernel-modes.md)
+    mlos_ml_device: str = Field("/dev/mlos-ml", description="the mlos_ml device node")
+    kernel_features: str = Field(
+        "memory,scheduler,gpu",
+        description="mlos_ml features to use when the module offers them (comma list of "
+        "memory, scheduler, gpu; empty: none)",
+    )
+    tensor_pool_mb: int = Field(
+        128, ge=0, description="pinned mlos_ml pool for tensor buffers, MiB (0: no pool)"
+    )
+    reserved_cpus: str = Field(
+        "", description="CPU list for latency-critical inference threads, e.g. '1' or '2-3' "
+        "(empty: the module's reserved_cpus parameter)",
+    )
     # Defaults for LLM (llama.cpp) models; a model's config overrides each one.
     llm_context_size: int = Field(
         2048, ge=0, description="LLM context size in tokens (0: the model's training context)"

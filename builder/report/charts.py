@@ -47,11 +47,9 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
     start = math.floor(lo / step) * step
-    ticks = []
-    v = start
-    while v <= hi + step * 0.5:
-        ticks.append(round(v, 12))
-        v += step
+    ticks = [round(start, 12)]
+    while ticks[-1] < hi:
+        ticks.append(round(ticks[-1] + step, 12))
     return ticks
 
 

@@ -123,8 +123,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         results = run_suite(target, settings, args.label, wait_s=args.wait)
     except ServiceError as exc:
-        print(f"mlos-build report: {exc}\n  hint: is mlos-core serving at {args.url}? "
-              "(for a guest: mlos-build boot with a forwarded port)", file=sys.stderr)
+        hint = (f"is mlos-core serving at {args.url}? (for a guest: boot it with the "
+                "service's ports forwarded, see docs/validation-report.md)")
+        if "HTTP 401" in str(exc):
+            hint = "the service wants an API key: pass --api-key or set $MLOS_API_KEY"
+        print(f"mlos-build report: {exc}\n  hint: {hint}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "results.json"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlos_build.report.modes import BASELINE_MODE
-from mlos_build.report.stats import spread
+from mlos_build.report.stats import fmt, spread
 
 Key = tuple[str, str, int, bool]  # model, protocol, concurrency, contention
 
@@ -110,8 +110,8 @@ def compare_modes(runs: list[dict[str, Any]]) -> list[Finding]:
                         how = ("is worse than" if v == "worse"
                                else "does not clearly beat (ranges overlap)")
                         misses.append(
-                            f"{key_text(key)}: {cand['median']:.3g} {unit} median vs "
-                            f"{ref['median']:.3g} {unit} ({_pct(cand['median'], ref['median'])}) "
+                            f"{key_text(key)}: {fmt(cand['median'])} {unit} median vs "
+                            f"{fmt(ref['median'])} {unit} ({_pct(cand['median'], ref['median'])}) "
                             f"— {name} {how} {base_name}")
                 total = sum(tally.values())
                 if not total:
@@ -156,7 +156,7 @@ def _tensor_vs_base(run: dict[str, Any], base: dict[str, Any], name: str,
     assert c is not None and r is not None
     v = verdict(c, r, True)
     text = (f"{name} vs {base_name}, {size:g} MiB through shared memory: "
-            f"{cand['p50_ms']:.3g} ms p50 vs {ref['p50_ms']:.3g} ms "
+            f"{fmt(cand['p50_ms'])} ms p50 vs {fmt(ref['p50_ms'])} ms "
             f"({_pct(cand['p50_ms'], ref['p50_ms'])})")
     if v == "better":
         return [Finding("win", text + f": {name} beats {base_name}.")]
@@ -183,13 +183,13 @@ def zero_copy(run: dict[str, Any], name: str) -> list[Finding]:
         assert shm is not None and cp is not None
         label = {"rest_binary": "binary REST", "grpc": "gRPC", "rest_json": "JSON REST"}[other]
         ratio = cp["p50_ms"] / shm["p50_ms"] if shm["p50_ms"] else float("inf")
-        text = (f"{name}, {size:g} MiB tensor: shared memory {shm['p50_ms']:.3g} ms p50 vs "
-                f"{label} {cp['p50_ms']:.3g} ms p50")
+        text = (f"{name}, {size:g} MiB tensor: shared memory {fmt(shm['p50_ms'])} ms p50 vs "
+                f"{label} {fmt(cp['p50_ms'])} ms p50")
         if ratio > 1:
-            out.append(Finding("win", text + f": zero-copy is {ratio:.1f}x faster."))
+            out.append(Finding("win", text + f": zero-copy is {fmt(ratio)}x faster."))
         else:
             out.append(Finding("loss", text + f": zero-copy does not beat {label} "
-                                              f"({1 / ratio:.1f}x slower)."))
+                                              f"({fmt(1 / ratio)}x slower)."))
     return out
 
 
@@ -207,7 +207,7 @@ def contention_effect(run: dict[str, Any], name: str) -> list[Finding]:
             continue
         factor = busy_p99["median"] / quiet_p99["median"] if quiet_p99["median"] else 0
         out.append(Finding("info", f"{name}, {key_text(key)}: median p99 "
-                                   f"{quiet_p99['median']:.3g} ms quiet, "
-                                   f"{busy_p99['median']:.3g} ms with {cont.get('hogs')} "
+                                   f"{fmt(quiet_p99['median'])} ms quiet, "
+                                   f"{fmt(busy_p99['median'])} ms with {cont.get('hogs')} "
                                    f"CPU hogs ({cont.get('where')}): x{factor:.2f}."))
     return out

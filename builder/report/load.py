@@ -84,10 +84,10 @@ class Workload:
             if not self.target.grpc_url:
                 raise LoadError("no gRPC address given (--grpc-url)")
             client = mod.InferenceServerClient(self.target.grpc_url)
+        from tritonclient.utils import np_to_triton_dtype
+
         infer_inputs = []
         for name, arr in self.inputs.items():
-            from tritonclient.utils import np_to_triton_dtype
-
             inp = mod.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
             if self.protocol == "http":
                 inp.set_data_from_numpy(arr, binary_data=True)
@@ -98,7 +98,8 @@ class Workload:
             outs = [mod.InferRequestedOutput(o, binary_data=True) for o in self.outputs]
         else:
             outs = [mod.InferRequestedOutput(o) for o in self.outputs]
-        headers = dict(self.target.headers) or None
+        # gRPC metadata keys must be lower case; HTTP headers are case-insensitive.
+        headers = {k.lower(): v for k, v in self.target.headers.items()} or None
         model, version, expected = self.model, self.version, self.outputs
 
         def call() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from mlos_build.report import findings
 from mlos_build.report.charts import PALETTE, Range, legend, line_chart, range_chart
 from mlos_build.report.modes import mode_card
-from mlos_build.report.stats import spread
+from mlos_build.report.stats import fmt, spread
 from mlos_build.report.tensors import TRANSPORT_LABELS, TRANSPORTS
 
 CSS = """
@@ -43,11 +43,11 @@ pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
 """
 
 
-def _cell(s: dict[str, float] | None, digits: str = ".3g") -> str:
+def _cell(s: dict[str, float] | None) -> str:
     if s is None:
         return "<td>—</td>"
-    return (f"<td>{format(s['median'], digits)} <span class=\"spread\">"
-            f"[{format(s['min'], digits)}–{format(s['max'], digits)}]</span></td>")
+    return (f"<td>{fmt(s['median'])} <span class=\"spread\">"
+            f"[{fmt(s['min'])}–{fmt(s['max'])}]</span></td>")
 
 
 def _card(key: str, value: Any, cls: str = "", attrs: str = "") -> str:
@@ -75,7 +75,11 @@ def release_versions(runs: list[dict[str, Any]], names: list[str]) -> str:
         mode = run.get("runtime_mode")
         features = v.get("features")
         if isinstance(features, dict):
-            features = ", ".join(k for k, on in features.items() if on) or "none"
+            # Core reports each feature as {"in_use": bool, "reason": ...}; older ones as bools.
+            features = ", ".join(
+                k for k, on in features.items()
+                if (on.get("in_use") if isinstance(on, dict) else on)
+            ) or "none"
         elif isinstance(features, list):
             features = ", ".join(map(str, features)) or "none"
         out.append(f"<h3>{escape(name)}</h3><div class=\"cards\">")
@@ -151,7 +155,7 @@ def latency_section(runs: list[dict[str, Any]], names: list[str]) -> str:
                     f'<td class="l">{escape(label)}</td><td>{len(entry["repetitions"])}</td>'
                     + "".join(_cell(findings.figure(entry, m))
                               for m in ("p50_ms", "p95_ms", "p99_ms"))
-                    + _cell(findings.figure(entry, "throughput_rps"), ".4g")
+                    + _cell(findings.figure(entry, "throughput_rps"))
                     + f'<td{" class=err" if errs else ""}>{errs}</td></tr>')
         out.append('<table><tr><th class="l">protocol</th><th>concurrency</th>'
                    '<th class="l">run</th><th>reps</th><th>p50 ms</th><th>p95 ms</th>'
@@ -214,7 +218,7 @@ def tensor_section(runs: list[dict[str, Any]], names: list[str]) -> str:
                         f'{escape(TRANSPORT_LABELS[p["transport"]])}</td>'
                         f'<td>{len(p.get("samples_ms", []))}</td>'
                         + (_cell(s) if s else "<td>—</td>")
-                        + (f"<td>{p['p99_ms']:.3g}</td>" if p.get("p99_ms") is not None
+                        + (f"<td>{fmt(p['p99_ms'])}</td>" if p.get("p99_ms") is not None
                            else "<td>—</td>")
                         + f'<td class="l{" err" if p.get("error") else ""}">'
                         f"{escape(note)}</td></tr>")

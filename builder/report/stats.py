@@ -31,3 +31,10 @@ def spread(values: Sequence[float | None]) -> dict[str, float] | None:
     if not vals:
         return None
     return {"min": min(vals), "median": float(np.median(vals)), "max": max(vals), "n": len(vals)}
+
+
+def fmt(value: float) -> str:
+    """A figure for people: 3 significant digits, never scientific notation."""
+    if value == 0 or abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.3g}" if abs(value) >= 0.001 else f"{value:.2e}"

@@ -198,6 +198,12 @@ int main(int argc, char **argv)
 				close(bufs[--nbufs]);
 			bufs[nbufs++] = bfd;
 		}
+		if (nbufs && pick(4) == 0) {	/* buffer descriptors take ioctls too */
+			unsigned long bcmd = pick(2) ? MLOS_ML_IOC_BUF_INFO : cmds[pick(NCMDS)];
+
+			fill(bcmd, arg, _IOC_SIZE(bcmd), self_tid);
+			ioctl(bufs[pick(nbufs)], bcmd, pick(8) ? (void *)arg : NULL);
+		}
 		if (nbufs && pick(8) == 0)
 			close(bufs[--nbufs]);
 		if (pick(1500) == 0) {	/* drop everything this descriptor made, mid-flight */

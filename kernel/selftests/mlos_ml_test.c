@@ -173,6 +173,13 @@ static int t_pool_lifecycle(void)
 	CHECK(!mlos_ioctl(fd, MLOS_ML_IOC_POOL_DESTROY, &pd), "destroy");
 	CHECK(mlos_ioctl(fd, MLOS_ML_IOC_POOL_DESTROY, &pd) == -ENOENT, "double destroy");
 	CHECK(pool_stats(fd, id, &st) == -ENOENT, "stats of destroyed pool");
+	/* Node 0 is always online: a pool placed there reports it. */
+	{
+		struct mlos_ml_pool_create req = { .size = 1 << 16, .numa_node = 0 };
+
+		CHECK(!mlos_ioctl(fd, MLOS_ML_IOC_POOL_CREATE, &req), "create on node 0");
+		CHECK(!pool_stats(fd, req.pool_id, &st) && st.numa_node == 0, "node not kept");
+	}
 	close(fd);
 	return PASS;
 }
@@ -224,6 +231,32 @@ static int t_buf_mmap(void)
 	CHECK(mmap(NULL, 2 * len, PROT_READ, MAP_SHARED, bfd, 0) == MAP_FAILED,
 	      "mapping past the buffer accepted");
 	close(bfd);
+	close(fd);
+	return PASS;
+}
+
+static int t_buf_info(void)
+{
+	struct mlos_ml_buf_info info = { 0 };
+	int fd = dev_open(), bfd, null = open("/dev/null", O_RDWR);
+	uint32_t id;
+
+	CHECK(fd >= 0 && null >= 0, "open: %s", strerror(errno));
+	CHECK(!pool_create(fd, 1 << 20, &id), "create");
+	bfd = buf_alloc(fd, id, 5000, 0);
+	CHECK(bfd >= 0, "alloc: %d", bfd);
+	CHECK(!mlos_ioctl(bfd, MLOS_ML_IOC_BUF_INFO, &info), "BUF_INFO");
+	CHECK(info.size == 8192 && info.numa_node == MLOS_ML_NUMA_ANY, "size %llu node %d",
+	      (unsigned long long)info.size, info.numa_node);
+	info.size = 0;
+	info.reserved0 = 1;
+	CHECK(mlos_ioctl(bfd, MLOS_ML_IOC_BUF_INFO, &info) == -EINVAL, "reserved accepted");
+	memset(&info, 0, sizeof(info));
+	CHECK(mlos_ioctl(fd, MLOS_ML_IOC_BUF_INFO, &info) == -ENOTTY, "device fd answered");
+	CHECK(mlos_ioctl(null, MLOS_ML_IOC_BUF_INFO, &info) == -ENOTTY, "/dev/null answered");
+	CHECK(mlos_ioctl(bfd, MLOS_ML_IOC_VERSION, &info) == -ENOTTY, "buffer took VERSION");
+	close(bfd);
+	close(null);
 	close(fd);
 	return PASS;
 }
@@ -710,6 +743,7 @@ static const struct test tests[] = {
 	{ "pool_lifecycle", t_pool_lifecycle, &feat_mem },
 	{ "pool_invalid", t_pool_invalid, &feat_mem },
 	{ "buf_mmap", t_buf_mmap, &feat_mem },
+	{ "buf_info", t_buf_info, &feat_mem },
 	{ "buf_share_fd", t_buf_share_fd, &feat_mem },
 	{ "pool_exhaust", t_pool_exhaust, &feat_mem },
 	{ "buf_outlives_pool", t_buf_outlives_pool, &feat_mem },

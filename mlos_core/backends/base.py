@@ -88,6 +88,11 @@ class Backend(ABC):
         """Run the model. Inputs are validated by the data plane against `inputs` before
         this is called; raise InvalidInputError for anything else the model rejects."""
 
+    def output_shapes(self, inputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]] | None:
+        """Optional: the output shapes these inputs produce, known before running (lets the
+        data plane give infer_into() pooled buffers). None when unknown."""
+        return None
+
     def infer_into(
         self, inputs: dict[str, np.ndarray], targets: dict[str, memoryview]
     ) -> dict[str, np.ndarray] | None:

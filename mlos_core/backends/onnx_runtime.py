@@ -47,6 +47,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, source: ModelSource) -> None:
         super().__init__(source)
         self._session: Any = None
+        self.provider = "CPUExecutionProvider"
         self._inputs: list[TensorSpec] = []
         self._outputs: list[TensorSpec] = []
 
@@ -63,13 +64,27 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3
         try:
             session = ort.InferenceSession(
-                str(file), sess_options=options, providers=["CPUExecutionProvider"]
+                str(file), sess_options=options, providers=self._providers(ort)
             )
         except Exception as exc:  # ORT raises its own exception types for corrupt files
             raise ModelLoadError(f"{file.name}: ONNX Runtime cannot load it: {exc}") from exc
         self._inputs = [_spec(a) for a in session.get_inputs()]
         self._outputs = [_spec(a) for a in session.get_outputs()]
         self._session = session
+
+    def _providers(self, ort: Any) -> list[Any]:
+        """CPU, unless the GPU manager leased this model a GPU (config["gpu_lease"]): then
+        CUDA on the leased device with the leased memory as its limit, when this ONNX
+        Runtime has CUDA (else the CPU, and /health says which ran)."""
+        lease = self.source.config.get("gpu_lease") or {}
+        self.provider = "CPUExecutionProvider"
+        if lease.get("device") is not None and \
+                "CUDAExecutionProvider" in ort.get_available_providers():
+            self.provider = "CUDAExecutionProvider"
+            return [("CUDAExecutionProvider", {"device_id": int(lease["device"]),
+                                               "gpu_mem_limit": int(lease["memory_limit"])}),
+                    "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
 
     @property
     def ready(self) -> bool:
@@ -96,9 +111,11 @@ class OnnxRuntimeBackend(Backend):
             raise InvalidInputError(f"the model rejected the input: {exc}") from exc
         return dict(zip(names, results, strict=True))
 
-    def _output_shapes(self, inputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]] | None:
+    def output_shapes(self, inputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]] | None:
         """Output shapes known before running: every dimension fixed or named by a symbolic
         dimension that an input also uses (ONNX: same name, same size)."""
+        if self._session is None:
+            return None
         sizes: dict[str, int] = {}
         for arg in self._session.get_inputs():
             array = inputs.get(arg.name)
@@ -126,14 +143,21 @@ class OnnxRuntimeBackend(Backend):
         session = self._session
         if session is None:
             return None
-        shapes = self._output_shapes(inputs)
+        shapes = self.output_shapes(inputs)
         if shapes is None:
             return None
         kinds = {spec.name: spec.datatype for spec in self._outputs}
         binding = session.io_binding()
         results = {}
         for name, array in inputs.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            array = np.ascontiguousarray(array)
+            if array.dtype.kind in "biuf" and array.size:
+                # By address: ONNX Runtime reads the request's own memory (a shared-memory
+                # region, a pool buffer, the request body) without copying it.
+                binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape),
+                                   array.ctypes.data)
+            else:
+                binding.bind_cpu_input(name, array)
         for name, target in targets.items():
             dtype = DTYPES.get(kinds.get(name, ""))
             if dtype is None or dtype.kind == "O" or name not in shapes:

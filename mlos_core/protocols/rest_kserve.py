@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.routing import Route
 
 from ..dataplane import (
     DataPlane,
@@ -22,7 +25,7 @@ from ..dataplane import (
     OutputRequest,
     ShmRef,
 )
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PayloadTooLargeError
 from ..tensors import DTYPES, check_shape, from_bytes, from_json, to_bytes, to_json
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -228,17 +231,20 @@ async def read_json(request: Request) -> Any:
         raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
 
 
-def create_router(plane: DataPlane) -> APIRouter:
-    router = APIRouter(tags=["KServe v2"])
+def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Response]]:
+    """The inference endpoint. It is the hot path, so it is mounted as plain Starlette
+    routes at the front of the app (infer_routes): no FastAPI dependency solving and the
+    first routes matched. The FastAPI twins in create_router only document the body in
+    the OpenAPI (shadowed, they share this code)."""
 
-    # Inference is the hot path: plain Starlette routes, matched first, with no FastAPI
-    # dependency solving. The FastAPI twins below only document the body in the OpenAPI
-    # (they are shadowed and serve nothing, but share the same handler code).
     async def infer(request: Request) -> Response:
         params = request.path_params
         model_name: str = params["model_name"]
         model_version: str | None = params.get("model_version")
         body = await request.body()
+        encoding = request.headers.get("content-encoding")
+        if encoding is not None:
+            body = _decompress(body, encoding, plane.settings.max_request_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
         binary: memoryview | None = None
         if header_length is not None:
@@ -260,8 +266,38 @@ def create_router(plane: DataPlane) -> APIRouter:
         response = await plane.infer(infer_request)
         return encode_infer_response(response, binary_default)
 
-    for path in INFER_PATHS:
-        router.add_route(path, infer, methods=["POST"], include_in_schema=False)
+    return infer
+
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Request bodies compressed by the client (tritonclient's request_compression_algorithm:
+    gzip or deflate), inflated no further than the body limit."""
+    encoding = encoding.strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidInputError(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInputError(f"corrupt {encoding} body: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLargeError(f"decompressed body over the {limit}-byte limit")
+    return data
+
+
+def infer_routes(plane: DataPlane) -> list[Route]:
+    endpoint = make_infer_endpoint(plane)
+    return [Route(path, endpoint, methods=["POST"], include_in_schema=False)
+            for path in INFER_PATHS]
+
+
+def create_router(plane: DataPlane) -> APIRouter:
+    router = APIRouter(tags=["KServe v2"])
+
+    infer = make_infer_endpoint(plane)
 
     @router.post(INFER_PATHS[0], openapi_extra=_INFER_OPENAPI, name="infer")
     @router.post(INFER_PATHS[1], openapi_extra=_INFER_OPENAPI, name="infer_version")

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # The project's virtual environment (.venv) with MLOS and its test tools, editable.
-apt_install python3-venv python3-dev build-essential
+# curl: the MLOS REST tests drive the service with it, as its users do.
+apt_install python3-venv python3-dev build-essential curl
 PY="${MLOS_PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
     log "creating virtual environment $VENV"

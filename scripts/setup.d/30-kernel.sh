@@ -30,6 +30,7 @@ _kernel_fetch() {  # $1: ABI, $2: optional -t suite
     rm -rf "$dir"; mkdir -p "$dir"
     dpkg-deb -x "$tmp"/linux-image-*.deb "$dir"
     rm -rf "$tmp"
+    depmod -b "$dir" "$abi"  # modules.dep, so guests can load the kernel's own 9p modules
     touch "$dir/.done"
 }
 

@@ -17,6 +17,7 @@ FUZZ_DEFAULT=$(arg fuzz)
 SEED=$(arg seed)
 MODES=$(arg modes | tr , ' ')
 EXTRA=$(arg extra)
+RESERVED=$(arg reserved)
 
 r kernel "$(uname -r)"
 r cpus "$(nproc)"
@@ -27,7 +28,7 @@ for mode in $MODES; do
         full) P="enable_tmm=1 enable_scheduler=1 enable_gpu_manager=1" ;;
         *) r "$mode" unknown_mode; continue ;;
     esac
-    if insmod /mlos_ml.ko $P max_total_mb=256 reserved_cpus=1; then
+    if insmod /mlos_ml.ko $P max_total_mb=256 reserved_cpus="${RESERVED:-1}"; then
         r "$mode" insmod ok
     else
         r "$mode" insmod fail

@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_SRC = REPO / "kernel"
 KCACHE = REPO / ".cache" / "kernels"
-INIT_SCRIPT = Path(__file__).with_name("guest_init.sh")
+HERE = Path(__file__).resolve().parent
+INIT_SCRIPT = HERE / "guest_init.sh"
 MODULE_SOURCES = ("Kbuild", "Makefile", "dkms.conf", "compat.h", "mlos_ml.h", "main.c", "pool.c",
                   "sched.c", "gpu.c", "include")
 UBUNTU_HEADERS = REPO / ".cache" / "ubuntu-headers"
@@ -167,6 +168,35 @@ class GuestRun:
         return lines
 
 
+def module_closure(abi: str, names: Iterable[str]) -> list[tuple[str, Path]]:
+    """The distribution's modules `names` plus their dependencies, in load order, as
+    (guest path, host path) pairs (from the kernel package's modules.dep)."""
+    mdir = kernel_modules_dir(abi)
+    deps: dict[str, list[str]] = {}
+    for line in (mdir / "modules.dep").read_text().splitlines():
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+    by_name = {re.sub(r"\.ko(\.\w+)?$", "", Path(m).name).replace("-", "_"): m for m in deps}
+    order: list[str] = []
+
+    def visit(mod: str) -> None:
+        if mod in order:
+            return
+        for dep in deps.get(mod, []):
+            visit(dep)
+        order.append(mod)
+
+    for name in names:
+        key = name.replace("-", "_")
+        if key in by_name:  # absent: built into this kernel
+            visit(by_name[key])
+    return [(f"/modules/{i:02d}-{Path(m).name.split('.ko')[0]}.ko", mdir / m)
+            for i, m in enumerate(order)]
+
+
+NINEP_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
+
+
 def kvm_usable() -> bool:
     return os.environ.get("MLOS_QEMU_KVM") == "1" and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
@@ -192,6 +222,11 @@ def run_guest(kernel: Path, initrd: Path, append: str = "", devices: Iterable[st
         raw = exc.stdout or b""
         out = (raw.decode(errors="replace") if isinstance(raw, bytes) else raw) + "\n[timeout]"
         rc = -1
+    log_dir = os.environ.get("MLOS_GUEST_LOG_DIR")
+    if log_dir:  # keep every console for post-mortems (CI uploads it)
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        name = f"{kernel.name}-{int(time.time())}.log"
+        (Path(log_dir) / name).write_text(out)
     return GuestRun(output=out, seconds=time.monotonic() - start, returncode=rc)
 
 

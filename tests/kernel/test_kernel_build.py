@@ -53,6 +53,23 @@ def test_signed_with_given_key(tmp_path: Path) -> None:
     assert signer == "mlos-ml test signer"
 
 
+def test_image_builder_commands(tmp_path: Path) -> None:
+    """The exact commands the image builder runs: build in the tree, install to DESTDIR."""
+    abi = _debian_kernel()
+    src = guest.copy_sources(tmp_path / "repo" / "kernel")
+    kdir = str(guest.headers_dir(abi))
+    subprocess.run(["make", "-C", kdir, f"M={src}", "modules"], check=True,
+                   capture_output=True)
+    dest = tmp_path / "destdir"
+    proc = subprocess.run(["make", "-C", kdir, f"M={src}", f"INSTALL_MOD_PATH={dest}",
+                           "INSTALL_MOD_DIR=updates", "CONFIG_MODULE_SIG_ALL=",
+                           "modules_install"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "error" not in (proc.stdout + proc.stderr).lower(), proc.stderr
+    installed = list((dest / "lib" / "modules" / abi / "updates").glob("mlos_ml.ko*"))
+    assert len(installed) == 1, list(dest.rglob("*"))
+
+
 def test_dkms_builds_it(tmp_path: Path) -> None:
     if not shutil.which("dkms"):
         pytest.fail("dkms missing: run ./scripts/setup.sh")

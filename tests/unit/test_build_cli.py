@@ -95,6 +95,14 @@ def test_run_streams_progress_lines() -> None:
     assert seen[1:] == ["‣ step one", "‣ step two"]
 
 
+def test_quiet_commands_get_a_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlos_build.runner.HEARTBEAT_S", 0.2)
+    seen: list[str] = []
+    run(["sh", "-c", "echo downloading; sleep 1; echo done"], what="quiet", progress=seen.append,
+        show=lambda line: False)
+    assert any("still working (downloading)" in line for line in seen)
+
+
 def test_no_space_is_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(BuildError) as exc:
         check_free_space([tmp_path], need=1 << 60)

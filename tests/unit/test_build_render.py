@@ -131,3 +131,19 @@ def test_guest_smoke_test_is_valid_python_with_the_variant_expectations(
     expected = spec.variant.module.parameters if spec.variant.module else None
     assert namespace["MODULE_PARAMETERS"] == expected
     assert namespace["DEMO_EXPECTED"] == [3.0, 5.0, 7.0, 9.0]
+
+
+def test_autologin_is_opt_in(tmp_path: Path) -> None:
+    render(ImageSpec.create("ubuntu", "full", **FIXED), tmp_path / "a")
+    assert "Autologin" not in (tmp_path / "a" / "mkosi.conf").read_text()
+    render(ImageSpec.create("ubuntu", "full", autologin=True, **FIXED), tmp_path / "b")
+    assert "Autologin=yes" in (tmp_path / "b" / "mkosi.conf").read_text()
+
+
+def test_render_never_replaces_an_unrelated_directory(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(BuildError, match="not an mkosi project"):
+        render(ImageSpec.create("ubuntu", "full", **FIXED), tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+    render(ImageSpec.create("ubuntu", "full", **FIXED), tmp_path / "p")
+    render(ImageSpec.create("ubuntu", "basic", **FIXED), tmp_path / "p")  # re-render: fine

@@ -13,6 +13,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from core_fixtures import *  # noqa: F403  (the fixtures)
 from tritonclient.utils import InferenceServerException
 
 from mlos_core.server import MLOSServer

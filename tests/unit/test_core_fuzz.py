@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import make_settings
+from core_fixtures import *  # noqa: F403  (the fixtures)
+from core_fixtures import make_settings
 from core_models import make_repository
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error

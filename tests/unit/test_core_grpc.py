@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.service_pb2 as triton_pb2
+from core_fixtures import *  # noqa: F403  (the fixtures)
 from core_models import mlp_reference
 from google.protobuf import descriptor_pb2
 from tritonclient.utils import InferenceServerException

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from core_fixtures import *  # noqa: F403  (the fixtures)
 
 from mlos_core.runtime_mode import detect, parse_bool
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from core_fixtures import *  # noqa: F403  (the fixtures)
 
 from mlos_core.server import MLOSServer
 

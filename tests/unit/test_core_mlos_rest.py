@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from core_fixtures import *  # noqa: F403  (the fixtures)
 from core_models import make_double, make_mlp, mlp_reference
 
 from mlos_core.server import MLOSServer

@@ -19,7 +19,8 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import add_sleepy_model
+from core_fixtures import *  # noqa: F403  (the fixtures)
+from core_fixtures import add_sleepy_model
 from tritonclient.utils import InferenceServerException
 
 SLEEPY_BODY = json.dumps(
@@ -75,12 +76,20 @@ def test_busy_and_timeout(with_plugin: Path, repo: Path, server_factory) -> None
 
     first = threading.Thread(target=call)
     first.start()
-    time.sleep(0.1)
+    _wait_until(lambda: server.plane.in_flight == 1)
     busy = requests.post(url, data=SLEEPY_BODY, timeout=10)
     first.join()
     assert busy.status_code == 503 and busy.headers["Retry-After"]
     assert statuses == [504]  # the slow request itself hit the 0.3 s timeout
     time.sleep(1.0)  # the backend thread finishes; its slot is freed
+
+
+def _wait_until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached")
+        time.sleep(0.02)
 
 
 def _free_port() -> int:
@@ -91,7 +100,7 @@ def _free_port() -> int:
 
 
 def test_sigterm_drains_in_flight(with_plugin: Path, repo: Path, tmp_path: Path) -> None:
-    add_sleepy_model(repo, delay=1.5)
+    add_sleepy_model(repo, delay=3.0)
     rest, grpc_port = _free_port(), _free_port()
     config = tmp_path / "core.yaml"
     config.write_text(
@@ -116,7 +125,8 @@ def test_sigterm_drains_in_flight(with_plugin: Path, repo: Path, tmp_path: Path)
         slow = threading.Thread(target=lambda: results.append(
             requests.post(f"{base}/v2/models/sleepy/infer", data=SLEEPY_BODY, timeout=30)))
         slow.start()
-        time.sleep(0.4)
+        _wait_until(lambda: "mlos_inference_in_flight 1" in
+                    requests.get(f"{base}/metrics", timeout=5).text)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert requests.get(f"{base}/v2/health/ready", timeout=5).status_code == 503

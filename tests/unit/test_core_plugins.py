@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
-from conftest import add_sleepy_model
+from core_fixtures import *  # noqa: F403  (the fixtures)
+from core_fixtures import add_sleepy_model
 
 from mlos_core.plugins import PluginManager
 
@@ -29,6 +30,8 @@ def test_plugin_serves_a_model(with_plugin: Path, repo: Path, server_factory) ->
     x = httpclient.InferInput("x", [3], "FP32")
     x.set_data_from_numpy(np.array([1, 2, 3], dtype=np.float32))
     assert client.infer("sleepy", [x]).as_numpy("y").tolist() == [2, 3, 4]
+    assert server.plane.models_with("infer") == ["add", "double", "mlp", "sleepy"]
+    assert server.plane.models_with("text_generation") == []
 
 
 def test_without_plugin_the_model_is_reported_not_served(repo: Path, server_factory) -> None:  # type: ignore[no-untyped-def]

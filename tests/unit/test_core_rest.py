@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
+from core_fixtures import *  # noqa: F403  (the fixtures)
 from core_models import mlp_reference
 from tritonclient.utils import InferenceServerException
 
@@ -45,6 +46,15 @@ def test_infer_mlp(client: httpclient.InferenceServerClient, binary: bool) -> No
     assert result.get_response()["id"] == "r1"
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_request(client: httpclient.InferenceServerClient, algorithm: str) -> None:
+    x = np.arange(64, dtype=np.float32).reshape(1, 64)
+    inp = httpclient.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("mlp", [inp], request_compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("output"), mlp_reference(x), rtol=1e-4, atol=1e-5)
+
+
 def test_infer_int_multi_input_default_outputs(client: httpclient.InferenceServerClient) -> None:
     a = httpclient.InferInput("a", [2], "INT64")
     a.set_data_from_numpy(np.array([1, 2], dtype=np.int64))
@@ -77,6 +87,8 @@ def test_client_errors(client: httpclient.InferenceServerClient) -> None:
     ("body", "headers", "status"),
     [
         (b"{not json", {}, 400),
+        (b"not gzip", {"Content-Encoding": "gzip"}, 400),
+        (b"{}", {"Content-Encoding": "br"}, 400),
         (b"[]", {}, 400),
         (b'{"inputs": []}', {}, 400),
         (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}]}', {}, 400),

@@ -74,6 +74,10 @@ def test_systemd_unit_is_hardened_and_valid(tmp_path: Path) -> None:
                  "After=network.target systemd-modules-load.service",
                  "ExecStart=/opt/mlos/venv/bin/mlos-core serve --config /etc/mlos/core.yaml"):
         assert line in unit.splitlines(), line
+    # The pinned tensor pool is charged to RLIMIT_MEMLOCK: the unit's limit must cover it.
+    limit = next(v for k, _, v in (ln.partition("=") for ln in unit.splitlines())
+                 if k == "LimitMEMLOCK")
+    assert limit.endswith("M") and int(limit[:-1]) >= Settings().tensor_pool_mb
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")

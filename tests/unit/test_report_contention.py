@@ -92,5 +92,6 @@ def test_repetition_figures() -> None:
 def test_axis_ticks_cover_the_range() -> None:
     ticks = nice_ticks(0, 23.4)
     assert ticks[0] == 0 and ticks[-1] >= 23.4 and len(ticks) <= 7
+    assert nice_ticks(0, 3250)[-1] >= 3250  # the axis always reaches the longest bar
     decades = log_ticks(0.2, 4000)
     assert decades[0] <= 1 and decades[-1] >= 1000 and 10 in decades

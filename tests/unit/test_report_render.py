@@ -188,3 +188,16 @@ def test_render_refuses_a_file_that_is_not_results(tmp_path: Path) -> None:
     bad.write_text('{"hello": 1}')
     with pytest.raises(SystemExit, match="not an MLOS results file"):
         main(["render", str(bad), "--out", str(tmp_path / "r.html")])
+
+
+def test_only_features_in_use_are_listed() -> None:
+    # MLOS Core reports each feature as an object with `in_use` and the reason when not.
+    results = sample_results("kernel_full")
+    results["versions"]["features"] = {
+        "memory_manager": {"in_use": True, "reason": None},
+        "scheduler": {"in_use": True, "reason": None},
+        "gpu_manager": {"in_use": False, "reason": "no GPU found"},
+    }
+    html = render_html([results])
+    card = re.search(r'Features in use</div><div class="v">([^<]*)<', html)
+    assert card is not None and card.group(1) == "memory_manager, scheduler"

@@ -64,6 +64,14 @@ struct mlos_ml_buf_alloc {
 	__u32 reserved;		/* 0 */
 };
 
+/* Issued on a buffer descriptor (not the device): what it is. Any other fd: -ENOTTY. */
+struct mlos_ml_buf_info {
+	__u64 size;		/* out: bytes mapped by the buffer */
+	__s32 numa_node;	/* out: node its pool was asked for, MLOS_ML_NUMA_ANY */
+	__u32 reserved0;	/* 0 */
+	__u64 reserved[2];	/* 0 */
+};
+
 struct mlos_ml_pool_stats {
 	__u32 pool_id;		/* in */
 	__s32 numa_node;	/* out: requested node */
@@ -168,6 +176,7 @@ struct mlos_ml_stats {
 #define MLOS_ML_IOC_POOL_DESTROY _IOWR(MLOS_ML_IOC_MAGIC, 0x11, struct mlos_ml_pool_destroy)
 #define MLOS_ML_IOC_BUF_ALLOC	_IOWR(MLOS_ML_IOC_MAGIC, 0x12, struct mlos_ml_buf_alloc)
 #define MLOS_ML_IOC_POOL_STATS	_IOWR(MLOS_ML_IOC_MAGIC, 0x13, struct mlos_ml_pool_stats)
+#define MLOS_ML_IOC_BUF_INFO	_IOWR(MLOS_ML_IOC_MAGIC, 0x14, struct mlos_ml_buf_info)
 #define MLOS_ML_IOC_SCHED_REGISTER _IOWR(MLOS_ML_IOC_MAGIC, 0x20, struct mlos_ml_sched_register)
 #define MLOS_ML_IOC_SCHED_UNREGISTER _IOWR(MLOS_ML_IOC_MAGIC, 0x21, struct mlos_ml_sched_unregister)
 #define MLOS_ML_IOC_SCHED_STATS	_IOWR(MLOS_ML_IOC_MAGIC, 0x22, struct mlos_ml_sched_stats)

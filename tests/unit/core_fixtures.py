@@ -1,4 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
+"""Fixtures for the MLOS Core tests (a named module, not conftest.py, so other areas'
+tests/unit files never collide with it): test modules import it with *."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,6 +11,11 @@ from core_models import make_repository
 
 from mlos_core.server import MLOSServer
 from mlos_core.settings import Settings, load_settings
+
+__all__ = [
+    "add_sleepy_model", "make_settings", "model_templates", "plugin_site", "repo", "server",
+    "server_factory", "with_plugin",
+]
 
 
 @pytest.fixture(scope="session")

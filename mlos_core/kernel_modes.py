@@ -1,0 +1,494 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What MLOS Core uses of the mlos_ml kernel module, and how it falls back without it.
+
+At start the service opens /dev/mlos-ml (when the module's parameters say it is loaded)
+and takes each feature the module offers and the configuration allows:
+
+- memory manager: a pinned pool; response tensors are written by ONNX Runtime (IO
+  binding) straight into pool buffers that are reused from request to request, and
+  Triton shared-memory regions may be mlos-ml buffers (see protocols/shm.py);
+- scheduler: the inference threads are registered latency-critical (SCHED_FIFO on the
+  reserved CPUs), the HTTP event-loop thread throughput;
+- GPU manager: models whose config asks for a GPU get a lease that picks the device and
+  the memory limit given to the backend.
+
+Anything missing (no device node, permission denied, a feature switched off by its module
+parameter or by `kernel_features`, an ioctl failing) is recorded with its reason, logged
+once, shown on /health and never fails a request: the data plane falls back per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import threading
+import weakref
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from . import mlos_ml
+from .runtime_mode import USERSPACE, RuntimeMode
+
+log = logging.getLogger(__name__)
+
+MEMORY = "memory_manager"
+SCHEDULER = "scheduler"
+GPU = "gpu_manager"
+FEATURES = (MEMORY, SCHEDULER, GPU)
+#: Names accepted in the `kernel_features` setting.
+SETTING_NAMES = {"memory": MEMORY, "scheduler": SCHEDULER, "gpu": GPU}
+_PARAM = {MEMORY: "enable_tmm", SCHEDULER: "enable_scheduler", GPU: "enable_gpu_manager"}
+_MIN_CLASS = 64 << 10
+
+
+def parse_cpus(text: str) -> list[int]:
+    """A kernel-style CPU list ("1", "2-3", "0,2-3") as CPU numbers."""
+    cpus: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def versions() -> dict[str, str | None]:
+    """Versions /health reports (the validation report reads them)."""
+
+    def dist(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"kernel": platform.release(), "onnxruntime": dist("onnxruntime"),
+            "llama_cpp": dist("llama_cpp_python")}
+
+
+@dataclass
+class Feature:
+    in_use: bool = False
+    reason: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_use": self.in_use, "reason": self.reason, **self.detail}
+
+
+class TensorPool:
+    """Reusable tensor buffers carved from one pinned mlos-ml pool.
+
+    Buffers come in power-of-two size classes; a buffer handed out as a numpy array goes
+    back to its free list when the last view of that array dies (so a response still being
+    serialised keeps its bytes). Allocation failures are the caller's cue to fall back.
+    """
+
+    def __init__(self, device: mlos_ml.Device, size: int) -> None:
+        self.pool = device.create_pool(size)
+        self.size = self.pool.size
+        self._free: dict[int, list[mlos_ml.Buffer]] = {}
+        self._lock = threading.Lock()
+        self.acquired = 0
+        self.reused = 0
+        self.allocated = 0
+        self.failures = 0
+        self.bytes_total = 0
+        self.in_use_bytes = 0
+        self.idle_bytes = 0
+
+    @staticmethod
+    def size_class(nbytes: int) -> int:
+        return max(_MIN_CLASS, 1 << max(0, nbytes - 1).bit_length())
+
+    def acquire(self, nbytes: int) -> np.ndarray:
+        """A uint8 array of at least nbytes in pool pages (raises MlosMlError when the pool
+        cannot give one)."""
+        klass = self.size_class(nbytes)
+        with self._lock:
+            free = self._free.get(klass)
+            buf = free.pop() if free else None
+            if buf is not None:
+                self.reused += 1
+                self.idle_bytes -= klass
+        if buf is None:
+            buf = self._allocate(klass)
+        array = buf.array(np.uint8, (klass,))
+        weakref.finalize(array, self._release, klass, buf)
+        with self._lock:
+            self.acquired += 1
+            self.bytes_total += nbytes
+            self.in_use_bytes += klass
+        return array[:nbytes]
+
+    def _allocate(self, klass: int) -> mlos_ml.Buffer:
+        try:
+            buf = self.pool.alloc(klass)
+        except mlos_ml.PoolExhaustedError:
+            self._drop_idle()  # idle buffers of other sizes hold the room: give it back
+            try:
+                buf = self.pool.alloc(klass)
+            except mlos_ml.MlosMlError:
+                with self._lock:
+                    self.failures += 1
+                raise
+        except mlos_ml.MlosMlError:
+            with self._lock:
+                self.failures += 1
+            raise
+        with self._lock:
+            self.allocated += 1
+        return buf
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle = [b for bufs in self._free.values() for b in bufs]
+            self._free.clear()
+            self.idle_bytes = 0
+        for buf in idle:
+            buf.close()
+
+    def _release(self, klass: int, buf: mlos_ml.Buffer) -> None:
+        with self._lock:
+            self.in_use_bytes -= klass
+            if buf.fd >= 0:
+                self._free.setdefault(klass, []).append(buf)
+                self.idle_bytes += klass
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            own = {"acquired": self.acquired, "reused": self.reused,
+                   "allocated": self.allocated, "failures": self.failures,
+                   "bytes": self.bytes_total, "in_use_bytes": self.in_use_bytes,
+                   "idle_bytes": self.idle_bytes}
+        with contextlib.suppress(mlos_ml.MlosMlError):
+            kernel = self.pool.stats()
+            own.update(pool_size=int(kernel["size"]), pool_free=int(kernel["free"]),
+                       pool_peak_used=int(kernel["peak_used"]),
+                       pool_buffers=int(kernel["nr_buffers"]))
+        return own
+
+    def close(self) -> None:
+        self._drop_idle()
+        with contextlib.suppress(mlos_ml.MlosMlError):
+            self.pool.destroy()
+
+
+@dataclass
+class GpuPlacement:
+    """What a model that asked for a GPU was given (or why not)."""
+
+    model: str
+    requested_bytes: int
+    lease: mlos_ml.GpuLease | None = None
+    reason: str | None = None
+
+    def config(self) -> dict[str, Any]:
+        if self.lease is None:
+            return {"device": None, "memory_limit": 0, "reason": self.reason}
+        return {"device": self.lease.gpu, "memory_limit": self.lease.size}
+
+
+def wants_gpu(config: dict[str, Any]) -> int:
+    """Bytes of GPU memory a model config asks for (0: none). Accepted: `gpu: true`,
+    `gpu_memory_mb: N`, or Triton's `instance_group: [{kind: KIND_GPU}]`."""
+    mb = config.get("gpu_memory_mb")
+    if mb:
+        return int(mb) << 20
+    groups = config.get("instance_group") or []
+    asks = bool(config.get("gpu")) or any(
+        isinstance(g, dict) and str(g.get("kind", "")).upper() == "KIND_GPU" for g in groups)
+    return (1 << 30) if asks else 0
+
+
+class KernelModes:
+    """The service's use of mlos_ml: one descriptor, the features taken, their figures."""
+
+    def __init__(self, runtime: RuntimeMode, device_path: str = mlos_ml.DEVICE,
+                 pool_mb: int = 128, reserved_cpus: str = "",
+                 wanted: str = "memory,scheduler,gpu") -> None:
+        self.runtime = runtime
+        self.device_path = device_path
+        self.pool_mb = pool_mb
+        self.reserved_cpus = parse_cpus(reserved_cpus) if reserved_cpus else []
+        self.wanted = {SETTING_NAMES[n.strip()] for n in wanted.split(",")
+                       if n.strip() in SETTING_NAMES}
+        self.features = {name: Feature() for name in FEATURES}
+        self.device: mlos_ml.Device | None = None
+        self.pool: TensorPool | None = None
+        self._lock = threading.Lock()
+        self._threads: dict[int, str] = {}  # tid -> class name
+        self.register_failures = 0
+        self.gpus: list[dict[str, Any]] = []
+        self.placements: dict[int, GpuPlacement] = {}
+        self.fallbacks: dict[str, int] = {}
+
+    # ---- start / stop ------------------------------------------------------------------
+    def start(self) -> KernelModes:
+        params = self.runtime.parameters
+        if params is None or self.runtime.mode == USERSPACE:
+            self._all_unavailable("the mlos_ml module is not loaded (userspace mode)")
+            return self
+        try:
+            self.device = mlos_ml.Device.open(self.device_path)
+        except mlos_ml.MlosMlError as exc:
+            why = (f"{self.device_path} not found although the module is loaded"
+                   if isinstance(exc, mlos_ml.DeviceNotFoundError) else str(exc))
+            self._all_unavailable(why)
+            return self
+        except OSError as exc:
+            self._all_unavailable(f"cannot open {self.device_path}: {exc}")
+            return self
+        offered = {MEMORY: self.device.has_memory, SCHEDULER: self.device.has_scheduler,
+                   GPU: self.device.has_gpu_manager}
+        for name in FEATURES:
+            if not offered[name]:
+                self._unavailable(name, f"disabled by the module parameter {_PARAM[name]}")
+            elif name not in self.wanted:
+                self._unavailable(name, "not enabled in the kernel_features setting")
+        if offered[MEMORY] and MEMORY in self.wanted:
+            self._start_memory()
+        if offered[SCHEDULER] and SCHEDULER in self.wanted:
+            self.features[SCHEDULER] = Feature(True, None, {
+                "reserved_cpus": self.reserved_cpus or params.get("reserved_cpus") or None})
+        if offered[GPU] and GPU in self.wanted:
+            self._start_gpu()
+        in_use = [n for n, f in self.features.items() if f.in_use]
+        log.info("mlos_ml: runtime mode %s, features in use: %s", self.runtime.mode,
+                 ", ".join(in_use) or "none")
+        return self
+
+    def _all_unavailable(self, reason: str) -> None:
+        for name in FEATURES:
+            self.features[name] = Feature(False, reason)
+        if self.runtime.mode != USERSPACE:
+            log.warning("mlos_ml features unavailable: %s; serving in userspace mode", reason)
+
+    def _unavailable(self, name: str, reason: str) -> None:
+        self.features[name] = Feature(False, reason)
+        log.warning("mlos_ml %s unavailable: %s", name, reason)
+
+    def _start_memory(self) -> None:
+        assert self.device is not None
+        if self.pool_mb <= 0:
+            self._unavailable(MEMORY, "tensor_pool_mb is 0")
+            return
+        try:
+            self.pool = TensorPool(self.device, self.pool_mb << 20)
+        except mlos_ml.MlosMlError as exc:
+            self._unavailable(MEMORY, f"cannot create a {self.pool_mb} MiB pool: {exc}")
+            return
+        self.features[MEMORY] = Feature(True, None, {"pool_bytes": self.pool.size})
+
+    def _start_gpu(self) -> None:
+        assert self.device is not None
+        try:
+            self.gpus = self.device.gpus()
+        except mlos_ml.MlosMlError as exc:
+            self._unavailable(GPU, f"cannot list GPUs: {exc}")
+            return
+        detail: dict[str, Any] = {"gpus": len(self.gpus)}
+        if not self.gpus:
+            detail["note"] = "no GPU present: models that ask for one run on the CPU"
+        self.features[GPU] = Feature(True, None, detail)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self.device is not None:
+            self.device.close()  # restores every registered thread, ends every lease
+            self.device = None
+
+    # ---- scheduler ---------------------------------------------------------------------
+    def register_thread(self, latency: bool) -> None:
+        """Register the calling thread (latency-critical or throughput). Never raises."""
+        device = self.device
+        if device is None or not self.features[SCHEDULER].in_use:
+            return
+        tid = threading.get_native_id()
+        klass = mlos_ml.ThreadClass.LATENCY if latency else mlos_ml.ThreadClass.THROUGHPUT
+        try:
+            device.register_thread(klass, cpus=self.reserved_cpus if latency else None)
+        except mlos_ml.BusyError:
+            return  # already registered (a restarted loop on the same thread)
+        except (mlos_ml.MlosMlError, ValueError) as exc:
+            with self._lock:
+                self.register_failures += 1
+                first = self.register_failures == 1
+            if first:
+                log.warning("mlos_ml: cannot register thread %d as %s: %s", tid,
+                            klass.name.lower(), exc)
+            self.features[SCHEDULER].detail["last_error"] = str(exc)
+            return
+        with self._lock:
+            self._threads[tid] = klass.name.lower()
+
+    def inference_thread_started(self) -> None:
+        """ThreadPoolExecutor initializer of the inference threads."""
+        self.register_thread(latency=True)
+
+    # ---- GPU ---------------------------------------------------------------------------
+    def place_model(self, key: int, model: str, config: dict[str, Any]) -> dict[str, Any]:
+        """The GPU a model gets (a `gpu_lease` dict for its backend), or {} when the model
+        does not ask for one. Never raises: no GPU means the CPU, reported on /health."""
+        size = wants_gpu(config)
+        if not size:
+            return {}
+        placement = GpuPlacement(model, size)
+        if self.device is None or not self.features[GPU].in_use:
+            placement.reason = self.features[GPU].reason or "GPU manager not in use"
+        else:
+            try:
+                placement.lease = self.device.lease_gpu(size)
+            except mlos_ml.NoDeviceError:
+                placement.reason = "no GPU present"
+            except mlos_ml.MlosMlError as exc:
+                placement.reason = str(exc)
+        if placement.reason:
+            log.info("model %s asked for a GPU: none leased (%s); it runs on the CPU", model,
+                     placement.reason)
+        with self._lock:
+            self.placements[key] = placement
+        return placement.config()
+
+    def release_model(self, key: int) -> None:
+        with self._lock:
+            placement = self.placements.pop(key, None)
+        if placement is None or placement.lease is None or self.device is None:
+            return
+        with contextlib.suppress(mlos_ml.MlosMlError):
+            self.device.release_gpu(placement.lease)
+
+    # ---- reporting ---------------------------------------------------------------------
+    def fallback(self, what: str) -> None:
+        with self._lock:
+            self.fallbacks[what] = self.fallbacks.get(what, 0) + 1
+
+    def effective_mode(self) -> str:
+        f = self.features
+        if not f[MEMORY].in_use:
+            return USERSPACE
+        if f[SCHEDULER].in_use and f[GPU].in_use:
+            return "kernel_full"
+        return "kernel_scheduler" if f[SCHEDULER].in_use else "kernel_basic"
+
+    def health(self) -> dict[str, Any]:
+        features = {name: f.to_dict() for name, f in self.features.items()}
+        if self.pool is not None:
+            features[MEMORY].update(self.pool.stats())
+        if self.features[SCHEDULER].in_use:
+            with self._lock:
+                threads = dict(self._threads)
+            features[SCHEDULER]["threads"] = {
+                klass: sum(1 for c in threads.values() if c == klass)
+                for klass in ("latency", "throughput")}
+            features[SCHEDULER]["register_failures"] = self.register_failures
+        if self.features[GPU].in_use or self.placements:
+            with self._lock:
+                placements = list(self.placements.values())
+            features[GPU]["leases"] = [
+                {"model": p.model, "requested_bytes": p.requested_bytes, **p.config()}
+                for p in placements]
+        return {"features": features,
+                "features_in_use": [n for n, f in self.features.items() if f.in_use],
+                "effective_mode": self.effective_mode(),
+                "kernel_fallbacks": dict(self.fallbacks)}
+
+    def thread_figures(self) -> dict[str, dict[str, int]]:
+        """Per class: registered threads, and their preemptions/voluntary switches."""
+        device = self.device
+        out: dict[str, dict[str, int]] = {}
+        if device is None:
+            return out
+        with self._lock:
+            threads = dict(self._threads)
+        for tid, klass in threads.items():
+            row = out.setdefault(klass, {"threads": 0, "preemptions": 0, "voluntary": 0})
+            try:
+                stats = device.thread_stats(tid)
+            except mlos_ml.MlosMlError:
+                continue  # the thread has exited
+            row["threads"] += 1
+            row["preemptions"] += stats.preemptions
+            row["voluntary"] += stats.voluntary
+        return out
+
+    def render_metrics(self) -> str:
+        lines: list[str] = [
+            "# HELP mlos_kernel_feature_in_use Whether an mlos_ml feature is in use (1) or not.",
+            "# TYPE mlos_kernel_feature_in_use gauge"]
+        for name, f in self.features.items():
+            lines.append(f'mlos_kernel_feature_in_use{{feature="{name}"}} {int(f.in_use)}')
+        lines += ["# HELP mlos_kernel_fallbacks_total Requests that fell back from a kernel "
+                  "feature to the userspace path.", "# TYPE mlos_kernel_fallbacks_total counter"]
+        for what, n in sorted(self.fallbacks.items()):
+            lines.append(f'mlos_kernel_fallbacks_total{{what="{what}"}} {n}')
+        if self.pool is not None:
+            stats = self.pool.stats()
+            for key, kind, help_text in (
+                ("acquired", "counter", "Tensor buffers handed out from the mlos-ml pool."),
+                ("reused", "counter", "Tensor buffers reused without a new allocation."),
+                ("allocated", "counter", "Buffers allocated from the kernel pool."),
+                ("failures", "counter", "Pool allocations that failed (request fell back)."),
+                ("bytes", "counter", "Tensor bytes that went through pool buffers."),
+                ("in_use_bytes", "gauge", "Bytes of pool buffers held by requests now."),
+                ("idle_bytes", "gauge", "Bytes of pool buffers waiting for reuse."),
+                ("pool_size", "gauge", "Bytes pinned by the pool."),
+                ("pool_free", "gauge", "Bytes of the pool in no buffer."),
+                ("pool_peak_used", "gauge", "Most pool bytes in buffers at once."),
+                ("pool_buffers", "gauge", "Live buffers of the pool."),
+            ):
+                if key not in stats:
+                    continue
+                name = f"mlos_pool_{key}" + ("_total" if kind == "counter" else "")
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
+                          f"{name} {stats[key]}"]
+        if self.features[SCHEDULER].in_use:
+            figures = self.thread_figures()
+            for metric, key, kind, help_text in (
+                ("mlos_sched_threads", "threads", "gauge", "Threads registered, by class."),
+                ("mlos_sched_preemptions_total", "preemptions", "counter",
+                 "Involuntary context switches of registered threads."),
+                ("mlos_sched_voluntary_switches_total", "voluntary", "counter",
+                 "Voluntary context switches of registered threads."),
+            ):
+                lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+                for klass, row in sorted(figures.items()):
+                    lines.append(f'{metric}{{class="{klass}"}} {row[key]}')
+            lines += ["# TYPE mlos_sched_register_failures_total counter",
+                      f"mlos_sched_register_failures_total {self.register_failures}"]
+        if self.features[GPU].in_use:
+            with self._lock:
+                placements = list(self.placements.values())
+            leased = [p for p in placements if p.lease is not None]
+            lines += ["# HELP mlos_gpu_devices GPUs the module discovered.",
+                      "# TYPE mlos_gpu_devices gauge", f"mlos_gpu_devices {len(self.gpus)}",
+                      "# HELP mlos_gpu_leases Models holding a GPU lease.",
+                      "# TYPE mlos_gpu_leases gauge", f"mlos_gpu_leases {len(leased)}",
+                      "# HELP mlos_gpu_leased_bytes GPU memory leased to models.",
+                      "# TYPE mlos_gpu_leased_bytes gauge",
+                      f"mlos_gpu_leased_bytes {sum(p.lease.size for p in leased if p.lease)}",
+                      "# HELP mlos_gpu_lease_denied Models that asked for a GPU and got none.",
+                      "# TYPE mlos_gpu_lease_denied gauge",
+                      f"mlos_gpu_lease_denied {len(placements) - len(leased)}"]
+        if self.device is not None:
+            try:
+                module = self.device.stats()
+            except mlos_ml.MlosMlError:
+                module = {}
+            for key in ("pools", "buffers", "pinned_bytes", "qos_active", "gpus", "leases",
+                        "leased_bytes"):
+                if key in module:
+                    lines += [f"# TYPE mlos_module_{key} gauge",
+                              f"mlos_module_{key} {module[key]}"]
+            threads = module.get("sched_threads") or {}
+            if threads:
+                lines.append("# TYPE mlos_module_sched_threads gauge")
+                for klass, n in sorted(threads.items()):
+                    lines.append(f'mlos_module_sched_threads{{class="{klass}"}} {n}')
+        return "\n".join(lines) + "\n"
+
