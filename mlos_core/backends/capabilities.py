@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ServerBusyError
+from ..errors import ModelNotReadyError, ServerBusyError
 from .base import CAP_EMBEDDINGS, CAP_TEXT_GENERATION
 
 __all__ = ["CAP_EMBEDDINGS", "CAP_TEXT_GENERATION"]  # re-exported for LLM backends
@@ -134,6 +134,7 @@ class ContextQueue:
         self.max_waiting = max(0, max_waiting)
         self._cond = threading.Condition()
         self._line: deque[_Ticket] = deque()
+        self._closed = False
 
     @property
     def depth(self) -> int:
@@ -142,6 +143,8 @@ class ContextQueue:
 
     def admit(self, cancelled: threading.Event | None = None) -> _Ticket:
         with self._cond:
+            if self._closed:
+                raise ModelNotReadyError("the model is being unloaded; retry later")
             if len(self._line) > self.max_waiting:
                 raise ServerBusyError(
                     f"the model is busy: {len(self._line) - 1} requests already wait for it "
@@ -168,10 +171,11 @@ class ContextQueue:
         with self._cond:
             self._remove(ticket)
 
-    def cancel_all(self, timeout: float) -> bool:
-        """Cancel every admitted request and wait until the line is empty (the model is
-        about to be unloaded). False if a request was still running at the timeout."""
+    def close(self, timeout: float) -> bool:
+        """Refuse new requests, cancel every admitted one and wait until the line is empty
+        (the model is about to be unloaded). False if one still ran at the timeout."""
         with self._cond:
+            self._closed = True
             for ticket in self._line:
                 ticket.cancelled.set()
             self._cond.notify_all()

@@ -238,7 +238,7 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
         # Requests still running hold pointers into the model: stop them first (each
         # notices within one token), or freeing the model under them would crash.
         for queue in (self._queue, self._embed_queue):
-            if not queue.cancel_all(timeout=30):
+            if not queue.close(timeout=30):
                 log.warning("%s: unloading while a request still runs", self.source.name)
         for attr in ("_llama", "_embedder"):
             model = getattr(self, attr)
@@ -306,7 +306,8 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
                 )
         ticket = self._embed_queue.admit()
         try:
-            self._embed_queue.acquire(ticket)
+            if not self._embed_queue.acquire(ticket):
+                raise ModelNotReadyError(f"model {self.source.name!r} is being unloaded")
             vectors, count = self._embedder.embed(texts, normalize=True, return_count=True)
         finally:
             self._embed_queue.release(ticket)
@@ -323,21 +324,13 @@ class _LlamaStream(TextStream):
         self._backend = backend
         self._prompt = list(prompt_tokens)
         self._params = params
-        self._started = False
         self.result.prompt_tokens = len(prompt_tokens)
 
     def cancel(self) -> None:
         super().cancel()
         self._backend._queue.wake()
 
-    def close(self) -> None:
-        """Give the queue slot back if the stream was never iterated."""
-        self.cancel()
-        if not self._started:
-            self._backend._queue.release(self.ticket)
-
     def __iter__(self) -> Iterator[str]:
-        self._started = True
         queue = self._backend._queue
         if not queue.acquire(self.ticket):
             self.result.finish_reason = "cancelled"

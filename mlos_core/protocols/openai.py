@@ -218,15 +218,18 @@ async def _json(request: Request) -> Any:
         raise InvalidInputError(f"the request body is not valid JSON: {exc}") from exc
 
 
-def _check_context(gen: TextGenerator, tokens: list[int], max_tokens: int | None) -> None:
+def _check_context(
+    gen: TextGenerator, tokens: list[int], max_tokens: int | None, prompt_param: str
+) -> None:
     n_ctx = gen.context_length
-    if len(tokens) >= n_ctx or (max_tokens and len(tokens) + max_tokens > n_ctx):
+    too_long = len(tokens) >= n_ctx
+    if too_long or (max_tokens and len(tokens) + max_tokens > n_ctx):
         wanted = len(tokens) + (max_tokens or 0)
         raise InvalidParamError(
             f"This model's maximum context length is {n_ctx} tokens. However, you requested "
             f"{wanted} tokens ({len(tokens)} in the prompt, {max_tokens or 0} for the "
             "completion). Please reduce the prompt or max_tokens.",
-            param="messages" if max_tokens is None else "prompt",
+            param=prompt_param if too_long else "max_tokens",
             code="context_length_exceeded",
         )
 
@@ -266,7 +269,7 @@ async def start_text(
     model, tokenize, check the context, admit to the queue."""
     gen = models.text_model(model)
     tokens = prompt if isinstance(prompt, list) else gen.tokenize(prompt)
-    _check_context(gen, tokens, params.max_tokens)
+    _check_context(gen, tokens, params.max_tokens, "messages" if endpoint == "chat" else "prompt")
     return _Call(metrics, model, endpoint, gen.start(tokens, params), t0)
 
 
@@ -276,9 +279,7 @@ async def complete_text(call: _Call, request: Request | None = None) -> str:
     return "".join([chunk async for chunk in pump.chunks()])
 
 
-def make_openai_router(
-    models: LLMModels, metrics: LLMMetrics, on_error: Callable[[MLOSError], None] | None = None
-) -> APIRouter:
+def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
     router = APIRouter(tags=["openai"])
 
     def guard(
@@ -288,8 +289,6 @@ def make_openai_router(
             try:
                 return await handler(request)
             except MLOSError as exc:
-                if on_error is not None:
-                    on_error(exc)
                 return error_response(exc)
 
         wrapped.__name__ = handler.__name__

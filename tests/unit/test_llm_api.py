@@ -181,7 +181,10 @@ def test_chat_without_template_names_the_setting(client: openai.OpenAI) -> None:
             model="tiny-chat", messages=CHAT, max_tokens=-5), 400, "max_tokens"),
         (lambda c: c.completions.create(model="tiny", prompt="the cat " * 200), 400, "prompt"),
         (lambda c: c.completions.create(model="tiny", prompt="x", max_tokens=CTX * 2), 400,
-         "prompt"),
+         "max_tokens"),
+        (lambda c: c.chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "the cat " * 200}]), 400,
+         "messages"),
         (lambda c: c.completions.create(model="tiny", prompt="x", temperature=5), 400,
          "temperature"),
         (lambda c: c.embeddings.create(model="tiny", input="x"), 400, None),

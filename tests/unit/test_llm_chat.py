@@ -13,7 +13,13 @@ from llm_support import CHATML_TEMPLATE, STRICT_TEMPLATE
 from mlos_core.backends.capabilities import ContextQueue
 from mlos_core.backends.llama_cpp import LlamaSettings
 from mlos_core.backends.llama_cpp_chat import CHAT_FORMATS, ChatRenderer
-from mlos_core.errors import InvalidInputError, ModelLoadError, ServerBusyError, UnsupportedError
+from mlos_core.errors import (
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotReadyError,
+    ServerBusyError,
+    UnsupportedError,
+)
 from mlos_core.protocols.openai import error_body
 from mlos_core.protocols.openai_metrics import LLMMetrics
 from mlos_core.protocols.openai_schemas import (
@@ -223,7 +229,7 @@ def test_metrics_render_counters_and_a_ttft_histogram() -> None:
     assert 'mlos_llm_requests_total{model="gemma",endpoint="chat",outcome="stop"} 1' in text
 
 
-def test_cancel_all_empties_the_queue_before_unload() -> None:
+def test_close_empties_the_queue_before_unload() -> None:
     queue = ContextQueue(max_waiting=4)
     running, waiting = queue.admit(), queue.admit()
     assert queue.acquire(running)
@@ -238,8 +244,10 @@ def test_cancel_all_empties_the_queue_before_unload() -> None:
 
     worker = threading.Thread(target=finish_running)
     worker.start()
-    assert queue.cancel_all(timeout=5)
+    assert queue.close(timeout=5)
     waiter.join(5)
     worker.join(5)
     assert got == [False] and queue.depth == 0
-    assert queue.cancel_all(timeout=0)  # nothing left: returns at once
+    assert queue.close(timeout=0)  # nothing left: returns at once
+    with pytest.raises(ModelNotReadyError, match="unloaded"):
+        queue.admit()
