@@ -12,7 +12,10 @@
  *
  * sched_setattr_nocheck() skips the kernel's permission checks, so this file
  * makes its own: a caller may register threads of its own process; threads
- * of other processes need CAP_SYS_NICE. Kernel threads are never touched.
+ * of other processes, and FIFO priorities above the rt_priority parameter,
+ * need CAP_SYS_NICE. Kernel threads are never touched. Access to the device
+ * (group mlos) is what grants real-time scheduling, the way rtkit does.
+ * Children forked by a latency thread start as SCHED_OTHER (reset on fork).
  */
 #define pr_fmt(fmt) "mlos-ml: " fmt
 
@@ -174,6 +177,10 @@ long mlos_sched_register(struct mlos_file *mf, void __user *arg)
 		ret = -EPERM;
 		goto out_put_task;
 	}
+	if (req.rt_priority > mlos_rt_priority && !capable(CAP_SYS_NICE)) {
+		ret = -EPERM;
+		goto out_put_task;
+	}
 	if (task->policy == SCHED_DEADLINE) {
 		ret = -EBUSY;	/* deadline threads have their own contract; leave them */
 		goto out_put_task;
@@ -197,12 +204,14 @@ long mlos_sched_register(struct mlos_file *mf, void __user *arg)
 	reg->orig.sched_policy = task->policy;
 	reg->orig.sched_priority = task->rt_priority;
 	reg->orig.sched_nice = task_nice(task);
+	reg->orig.sched_flags = task->sched_reset_on_fork ? SCHED_FLAG_RESET_ON_FORK : 0;
 	cpumask_copy(reg->orig_mask, &task->cpus_mask);
 
 	switch (req.thread_class) {
 	case MLOS_ML_CLASS_LATENCY:
 		attr.sched_policy = SCHED_FIFO;
 		attr.sched_priority = req.rt_priority ? req.rt_priority : mlos_rt_priority;
+		attr.sched_flags = SCHED_FLAG_RESET_ON_FORK;	/* no inherited RT children */
 		break;
 	case MLOS_ML_CLASS_THROUGHPUT:
 		attr.sched_policy = SCHED_NORMAL;

@@ -451,6 +451,18 @@ static int t_close_frees(void)
 
 /* ---- scheduler ------------------------------------------------------------------ */
 
+#ifndef SCHED_RESET_ON_FORK
+#define SCHED_RESET_ON_FORK 0x40000000
+#endif
+
+/* The policy without the reset-on-fork flag the module sets on latency threads. */
+static int policy_of(pid_t tid)
+{
+	int pol = sched_getscheduler(tid);
+
+	return pol < 0 ? pol : pol & ~SCHED_RESET_ON_FORK;
+}
+
 static int sched_reg(int fd, pid_t tid, uint32_t cls, uint64_t mask)
 {
 	struct mlos_ml_sched_register r = { .tid = tid, .thread_class = cls, .cpu_mask = mask };
@@ -473,9 +485,9 @@ static int t_sched_latency(void)
 	int fd = dev_open();
 
 	CHECK(fd >= 0, "open: %s", strerror(errno));
-	CHECK(sched_getscheduler(0) == SCHED_OTHER, "not SCHED_OTHER to begin with");
+	CHECK(policy_of(0) == SCHED_OTHER, "not SCHED_OTHER to begin with");
 	CHECK(!sched_reg(fd, 0, MLOS_ML_CLASS_LATENCY, 0), "register");
-	CHECK(sched_getscheduler(0) == SCHED_FIFO, "policy %d", sched_getscheduler(0));
+	CHECK(policy_of(0) == SCHED_FIFO, "policy %d", policy_of(0));
 	sched_getparam(0, &sp);
 	CHECK(sp.sched_priority == read_param_long("rt_priority"), "prio %d", sp.sched_priority);
 	CHECK(!mlos_ioctl(fd, MLOS_ML_IOC_SCHED_STATS, &st), "sched stats");
@@ -483,8 +495,17 @@ static int t_sched_latency(void)
 	CHECK(!mlos_stats(fd, &s) && s.sched_threads[MLOS_ML_CLASS_LATENCY] == 1 &&
 	      s.qos_active == 1, "latency count/QoS not held");
 	CHECK(sched_reg(fd, 0, MLOS_ML_CLASS_LATENCY, 0) == -EBUSY, "double register");
+	{
+		pid_t child = fork();
+		int status;
+
+		if (child == 0)
+			_exit(policy_of(0) == SCHED_OTHER ? 0 : 1);
+		CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+		      WEXITSTATUS(status) == 0, "forked child inherited SCHED_FIFO");
+	}
 	CHECK(!sched_unreg(fd, 0), "unregister");
-	CHECK(sched_getscheduler(0) == SCHED_OTHER, "not restored");
+	CHECK(policy_of(0) == SCHED_OTHER, "not restored");
 	CHECK(!mlos_stats(fd, &s) && s.qos_active == 0, "QoS still held");
 	CHECK(sched_unreg(fd, 0) == -ENOENT, "double unregister");
 	close(fd);
@@ -525,10 +546,10 @@ static int t_sched_restore_on_close(void)
 	}
 	CHECK(tid > 0, "no thread id");
 	CHECK(!sched_reg(fd, tid, MLOS_ML_CLASS_BACKGROUND, 0), "register background");
-	pol = sched_getscheduler(tid);
+	pol = policy_of(tid);
 	CHECK(pol == SCHED_IDLE, "background policy %d", pol);
 	close(fd);
-	CHECK(sched_getscheduler(tid) == SCHED_OTHER, "thread not restored on close");
+	CHECK(policy_of(tid) == SCHED_OTHER, "thread not restored on close");
 	CHECK(getpriority(PRIO_PROCESS, 0) == 5, "nice not restored: %d", getpriority(PRIO_PROCESS, 0));
 	sched_getparam(tid, &sp);
 	setpriority(PRIO_PROCESS, 0, 0);
@@ -539,13 +560,19 @@ static int t_sched_restore_on_close(void)
 
 static int sched_perm_child(int fd)
 {
+	struct mlos_ml_sched_register hi = { .thread_class = MLOS_ML_CLASS_LATENCY,
+					     .rt_priority = 99 };
+
 	if (sched_reg(fd, getppid(), MLOS_ML_CLASS_LATENCY, 0) != -EPERM)
 		return 20;	/* another user's process */
+	if (read_param_long("rt_priority") < 99 &&
+	    mlos_ioctl(fd, MLOS_ML_IOC_SCHED_REGISTER, &hi) != -EPERM)
+		return 24;	/* above the admin's rt_priority without CAP_SYS_NICE */
 	if (sched_reg(fd, 0, MLOS_ML_CLASS_LATENCY, 0) != 0)
 		return 21;	/* its own thread: allowed through the device */
-	if (sched_getscheduler(0) != SCHED_FIFO)
+	if (policy_of(0) != SCHED_FIFO)
 		return 22;
-	if (sched_unreg(fd, 0) != 0 || sched_getscheduler(0) != SCHED_OTHER)
+	if (sched_unreg(fd, 0) != 0 || policy_of(0) != SCHED_OTHER)
 		return 23;
 	return 0;
 }
@@ -607,7 +634,11 @@ static int t_sched_preemptions(void)
 		for (;;)
 			spin++;
 	}
-	CHECK(!sched_reg(fd, 0, MLOS_ML_CLASS_BACKGROUND, 0), "register");
+	if (sched_reg(fd, 0, MLOS_ML_CLASS_BACKGROUND, 0)) {
+		kill(hog, SIGKILL);
+		waitpid(hog, &status, 0);
+		CHECK(0, "register");
+	}
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	do {
 		spin++;

@@ -170,7 +170,7 @@ def test_scheduler_registration_round_trip() -> None:
         th = threading.Thread(target=worker)
         th.start()
         th.join()
-        assert result["policy"] == os.SCHED_FIFO
+        assert result["policy"] == os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
         assert result["after"] == os.SCHED_OTHER
         stats = result["stats"]
         assert isinstance(stats, mlos_ml.ThreadStats)
