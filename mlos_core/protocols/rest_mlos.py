@@ -148,8 +148,12 @@ def create_router(plane: DataPlane) -> APIRouter:
             if source.is_dir():
                 # The version's files: regular files at the top of the directory only, and
                 # only when one of them is in a format an installed backend serves.
-                entries = [p for p in sorted(source.iterdir())
-                           if not p.name.startswith(".") and p.is_file() and not p.is_symlink()]
+                try:
+                    entries = [p for p in sorted(source.iterdir()) if not p.name.startswith(".")
+                               and p.is_file() and not p.is_symlink()]
+                except OSError as exc:  # e.g. a directory the service's user cannot read
+                    raise InvalidInputError(
+                        f"cannot read directory {path!r}: {exc.strerror}") from None
                 served = tuple(f for fmts in plane.plugins.formats().values() for f in fmts)
                 if not any(p.name.endswith(served) for p in entries):
                     raise InvalidInputError(

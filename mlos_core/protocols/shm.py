@@ -79,7 +79,8 @@ class SharedMemoryRegistry:
         if isinstance(key, str) and key.startswith("mlos-ml:"):
             self._register_mlos_ml(name, key, offset, byte_size)
             return
-        if not isinstance(key, str) or not key.strip("/") or "/" in key.strip("/"):
+        if (not isinstance(key, str) or not key.strip("/") or "/" in key.strip("/")
+                or "\0" in key or key.strip("/") in (".", "..")):
             raise InvalidInputError(f"invalid shared memory key {key!r}")
         if type(offset) is not int or type(byte_size) is not int or offset < 0 or byte_size <= 0:
             raise InvalidInputError("shared memory offset must be >= 0 and byte_size > 0")
