@@ -152,3 +152,39 @@ def test_checksums_are_updated_in_place(tmp_path: Path) -> None:
     assert [line.split("  ")[1] for line in lines] == ["a.raw", "b.json"]
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, check=False)
     assert check.returncode == 0
+
+
+def test_validate_of_a_missing_image_says_how_to_build_one(tmp_path: Path) -> None:
+    lines = error_lines(mlos_build("validate", str(tmp_path / "nope.raw"),
+                                   "--suite-args", "--repetitions 3 --tensor-sizes-mib 1,4"))
+    assert "not found" in lines[0] and "mlos-build ubuntu" in lines[1]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("--url http://x", "--url is set by validate"),
+    ("--hogs-where=host", "--hogs-where is set by validate"),
+    ("--bogus 1", "unknown option --bogus"),
+    ("'--unclosed", "No closing quotation"),
+])
+def test_validate_checks_the_suite_options_before_booting(tmp_path: Path, text: str,
+                                                          message: str) -> None:
+    lines = error_lines(mlos_build("validate", str(tmp_path / "nope.raw"),
+                                   f"--suite-args={text}"))
+    assert message in lines[0]
+
+
+def test_validate_passes_suite_options_through() -> None:
+    text = "--repetitions 3 --requests 40 --tensor-sizes-mib 1,4 --label 'noble full'"
+    assert cli.suite_args(text) == ["--repetitions", "3", "--requests", "40",
+                                    "--tensor-sizes-mib", "1,4", "--label", "noble full"]
+    with pytest.raises(BuildError, match="not valid suite options"):
+        cli.suite_args("--repetitions many")
+
+
+def test_report_is_wired_to_the_report_command(tmp_path: Path) -> None:
+    help_text = mlos_build("report", "render", "--help")
+    assert help_text.returncode == 0 and "mlos-build report render" in help_text.stdout
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    result = mlos_build("report", "render", str(bad), "--out", str(tmp_path / "r.html"))
+    assert result.returncode == 1 and "not an MLOS results file" in result.stderr
