@@ -18,6 +18,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mlos_build import __version__
 from mlos_build.data import distribution_names, variant_names
@@ -172,33 +173,42 @@ def cmd_test(args: argparse.Namespace, progress: Progress) -> int:
     return 0 if result.ok else 1
 
 
+def write_validation(out: Path, image: Path, report: dict[str, Any], seconds: float,
+                     console_log: Path) -> int:
+    """Writes what a validation boot brought back: guest.json always; results.json and
+    report.html when the suite ran. Returns the exit status."""
+    from mlos_build.report.render import render_html
+
+    guest = {k: v for k, v in report.items() if k != "results"}
+    guest["wall_s"] = round(seconds, 1)
+    guest["image"] = image.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "guest.json").write_text(json.dumps(guest, indent=1) + "\n")
+    results = report.get("results")
+    if not report.get("ok") or not isinstance(results, dict):
+        detail = guest.get("error") or str(guest.get("stderr_tail", ""))[-600:]
+        print(f"validation run FAILED in the guest ({image.name}): {detail}", file=sys.stderr)
+        print(f"console log: {console_log}; details: {out / 'guest.json'}", file=sys.stderr)
+        return 1
+    json_path = out / "results.json"
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    html_path = out / "report.html"
+    html_path.write_text(render_html([results]))
+    print(f"{json_path}\n{html_path}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace, progress: Progress) -> int:
     from mlos_build.qemu import validate
-    from mlos_build.report.render import render_html
 
     options = suite_args(args.suite_args)
     result = validate(args.image, progress, options, timeout_s=args.timeout,
                       memory_mib=args.memory, cpus=args.cpus)
-    guest = {k: v for k, v in result.report.items() if k != "results"}
-    guest["wall_s"] = round(result.seconds, 1)
-    guest["image"] = args.image.name
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "guest.json").write_text(json.dumps(guest, indent=1) + "\n")
-    if not result.ok:
-        detail = guest.get("error") or str(guest.get("stderr_tail", ""))[-600:]
-        print(f"validation run FAILED in the guest ({args.image.name}): {detail}",
-              file=sys.stderr)
-        print(f"console log: {result.console_log}", file=sys.stderr)
-        return 1
-    results = result.report["results"]
-    json_path = args.out / "results.json"
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
-    html_path = args.out / "report.html"
-    html_path.write_text(render_html([results]))
-    progress(f"suite ran {guest.get('suite_s')}s in the guest, {result.seconds:.0f}s wall; "
-             f"runtime_mode={results.get('health', {}).get('runtime_mode')}")
-    print(f"{json_path}\n{html_path}")
-    return 0
+    progress(f"guest answered after {result.seconds:.0f}s wall (suite "
+             f"{result.report.get('suite_s')}s in the guest); runtime_mode="
+             f"{(result.report.get('results') or {}).get('runtime_mode')}")
+    return write_validation(args.out, args.image, result.report, result.seconds,
+                            result.console_log)
 
 
 def main(argv: list[str] | None = None) -> int:

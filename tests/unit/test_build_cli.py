@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -188,3 +189,24 @@ def test_report_is_wired_to_the_report_command(tmp_path: Path) -> None:
     bad.write_text("{}")
     result = mlos_build("report", "render", str(bad), "--out", str(tmp_path / "r.html"))
     assert result.returncode == 1 and "not an MLOS results file" in result.stderr
+
+
+def test_validation_results_become_a_report_and_failures_keep_the_details(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_report_render import sample_results
+
+    results = sample_results("kernel_scheduler")
+    image = tmp_path / "mlos-ubuntu-noble-scheduler.raw"
+    ok = {"variant": "scheduler", "ok": True, "suite_s": 150.0, "results": results}
+    assert cli.write_validation(tmp_path / "ok", image, ok, 290.0, tmp_path / "c.log") == 0
+    assert json.loads((tmp_path / "ok" / "results.json").read_text()) == results
+    assert "Kernel Module (Memory + Scheduler)" in (tmp_path / "ok" / "report.html").read_text()
+    guest = json.loads((tmp_path / "ok" / "guest.json").read_text())
+    assert "results" not in guest and guest["wall_s"] == 290.0 and guest["image"] == image.name
+
+    failed = {"variant": "scheduler", "ok": False, "returncode": 1,
+              "stderr_tail": "ServiceError: /health did not answer"}
+    assert cli.write_validation(tmp_path / "bad", image, failed, 90.0, tmp_path / "c.log") == 1
+    assert "did not answer" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "results.json").exists()
+    assert json.loads((tmp_path / "bad" / "guest.json").read_text())["returncode"] == 1
