@@ -5,14 +5,20 @@
     mlos-build render debian --variant userspace  write the mkosi project, no build
     mlos-build boot IMAGE                         boot on this terminal's serial console
     mlos-build test IMAGE                         boot, run the in-guest smoke test, power off
+    mlos-build validate IMAGE --out DIR           boot, run the E2E report suite in the guest,
+                                                  write DIR/results.json and DIR/report.html
+    mlos-build report run|render ...              the E2E validation report (see its --help)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mlos_build import __version__
 from mlos_build.data import distribution_names, variant_names
@@ -76,7 +82,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
     p.add_argument("--timeout", type=float, default=900, help="seconds before giving up")
+    p = sub.add_parser("validate", help="boot an image, run the E2E report suite inside it "
+                       "against its own service, write results.json and report.html")
+    p.add_argument("image", type=Path)
+    p.add_argument("--out", type=Path, default=Path("validation-report"),
+                   help="directory for results.json, report.html and guest.json "
+                   "(default: validation-report)")
+    p.add_argument("--suite-args", default="",
+                   help="options for the suite in the guest, as one shell-quoted string, e.g. "
+                   "\"--repetitions 3 --requests 50 --tensor-sizes-mib 1,4\" (see "
+                   "mlos-build report run --help; the URL, output and hog placement are "
+                   "fixed: the guest's own service, hogs in the guest)")
+    p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
+    p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default: 2)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds before giving up")
+    sub.add_parser("report", help="the E2E validation report: report run|render ... "
+                   "(mlos-build report --help)", add_help=False)
     return parser
+
+
+# Suite options that `validate` sets itself: the guest's own service, hogs in the guest.
+FIXED_SUITE_OPTIONS = ("--url", "--grpc-url", "--out", "--compare-with", "--hogs-where",
+                       "--hog-command", "--wait", "--api-key")
+
+
+def suite_args(text: str) -> list[str]:
+    """Splits and checks the suite options for the guest before anything boots."""
+    from mlos_build.report.cli import build_parser as report_parser
+
+    try:
+        args = shlex.split(text)
+    except ValueError as exc:
+        raise BuildError(f"--suite-args: {exc}",
+                         hint="give the options as one shell-quoted string") from exc
+    for arg in args:
+        if arg.split("=", 1)[0] in FIXED_SUITE_OPTIONS:
+            raise BuildError(f"--suite-args: {arg.split('=', 1)[0]} is set by validate",
+                             hint="the guest's suite always targets its own service, "
+                             "with its CPU hogs in the guest")
+    parser = report_parser()
+    parser.exit_on_error = False
+    try:
+        _, unknown = parser.parse_known_args(["run", *args])
+    except (argparse.ArgumentError, SystemExit):
+        raise BuildError("--suite-args: not valid suite options (the reason is above)",
+                         hint="see mlos-build report run --help") from None
+    if unknown:
+        raise BuildError(f"--suite-args: unknown option {unknown[0]}",
+                         hint="see mlos-build report run --help")
+    return args
 
 
 def _spec(args: argparse.Namespace) -> ImageSpec:
@@ -119,7 +173,50 @@ def cmd_test(args: argparse.Namespace, progress: Progress) -> int:
     return 0 if result.ok else 1
 
 
+def write_validation(out: Path, image: Path, report: dict[str, Any], seconds: float,
+                     console_log: Path) -> int:
+    """Writes what a validation boot brought back: guest.json always; results.json and
+    report.html when the suite ran. Returns the exit status."""
+    from mlos_build.report.render import render_html
+
+    guest = {k: v for k, v in report.items() if k != "results"}
+    guest["wall_s"] = round(seconds, 1)
+    guest["image"] = image.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "guest.json").write_text(json.dumps(guest, indent=1) + "\n")
+    results = report.get("results")
+    if not report.get("ok") or not isinstance(results, dict):
+        detail = guest.get("error") or str(guest.get("stderr_tail", ""))[-600:]
+        print(f"validation run FAILED in the guest ({image.name}): {detail}", file=sys.stderr)
+        print(f"console log: {console_log}; details: {out / 'guest.json'}", file=sys.stderr)
+        return 1
+    json_path = out / "results.json"
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    html_path = out / "report.html"
+    html_path.write_text(render_html([results]))
+    print(f"{json_path}\n{html_path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, progress: Progress) -> int:
+    from mlos_build.qemu import validate
+
+    options = suite_args(args.suite_args)
+    result = validate(args.image, progress, options, timeout_s=args.timeout,
+                      memory_mib=args.memory, cpus=args.cpus)
+    progress(f"guest answered after {result.seconds:.0f}s wall (suite "
+             f"{result.report.get('suite_s')}s in the guest); runtime_mode="
+             f"{(result.report.get('results') or {}).get('runtime_mode')}")
+    return write_validation(args.out, args.image, result.report, result.seconds,
+                            result.console_log)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        from mlos_build.report.cli import main as report_main
+
+        return report_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -135,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             return boot(args.image, args.memory)
         if args.command == "test":
             return cmd_test(args, progress)
+        if args.command == "validate":
+            return cmd_validate(args, progress)
         return cmd_build(args, progress)
     except BuildError as exc:
         if args.debug:

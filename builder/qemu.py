@@ -3,10 +3,13 @@
 
 `test` attaches a virtio port named org.mlos.result; the image's smoke-test unit writes a
 JSON verdict there and powers the guest off, so the host reads a status, not a console.
+`validate` does the same with a port named org.mlos.validate: the image's validation unit
+runs the E2E report suite against the guest's own service and sends its results back.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -22,6 +25,9 @@ from mlos_build.runner import Progress, require_tools, run
 
 QEMU = "qemu-system-x86_64"
 RESULT_PORT = "org.mlos.result"
+VALIDATE_PORT = "org.mlos.validate"
+# The validation unit reads its suite options from the kernel command line under this key.
+VALIDATE_CMDLINE_KEY = "mlos.validate"
 OVMF_CODE = ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = ("/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd")
 
@@ -67,7 +73,8 @@ class Machine:
         return self.kvm
 
     def argv(self, vars_file: Path, *, interactive: bool, result_file: Path | None = None,
-             console_log: Path | None = None) -> list[str]:
+             console_log: Path | None = None, result_port: str = RESULT_PORT,
+             cmdline_extra: str | None = None) -> list[str]:
         kvm = self.uses_kvm()
         # numpy 2.x needs instructions TCG's default CPU model lacks: -cpu max has them.
         accel = ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]
@@ -88,7 +95,13 @@ class Machine:
         if result_file is not None:
             argv += ["-device", "virtio-serial-pci",
                      "-chardev", f"file,id=mlosresult,path={result_file}",
-                     "-device", f"virtserialport,chardev=mlosresult,name={RESULT_PORT}"]
+                     "-device", f"virtserialport,chardev=mlosresult,name={result_port}"]
+        if cmdline_extra is not None:
+            # systemd-stub appends this to the kernel command line of the image's UKI.
+            if "," in cmdline_extra:
+                raise BuildError("a kernel command line addition must not contain commas")
+            argv += ["-smbios",
+                     f"type=11,value=io.systemd.stub.kernel-cmdline-extra={cmdline_extra}"]
         return argv
 
 
@@ -157,3 +170,60 @@ def smoke_test(image: Path, progress: Progress, timeout_s: float = 900,
         raise BuildError("the guest's smoke-test verdict is not JSON",
                          hint=f"it said: {text[:200]}") from exc
     return TestResult(verdict, seconds, console)
+
+
+def encode_suite_args(args: list[str]) -> str:
+    """The kernel command line word that carries the suite options into the guest
+    (URL-safe base64 of a JSON list, unpadded: no spaces, commas or quotes)."""
+    encoded = base64.urlsafe_b64encode(json.dumps(args).encode()).decode().rstrip("=")
+    return f"{VALIDATE_CMDLINE_KEY}={encoded}"
+
+
+@dataclass
+class ValidateResult:
+    report: dict[str, Any]
+    seconds: float
+    console_log: Path
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report.get("ok")) and isinstance(self.report.get("results"), dict)
+
+
+def validate(image: Path, progress: Progress, suite_args: list[str], timeout_s: float = 3600,
+             memory_mib: int = 2048, cpus: int = 2,
+             work_dir: Path | None = None) -> ValidateResult:
+    """Boots the image (snapshot: the image is not changed) with the validation port, lets
+    the guest run the report suite against its own service and returns what it sent."""
+    _check_image(image)
+    work = Path(tempfile.mkdtemp(prefix="mlos-validate-", dir=work_dir))
+    vars_file = work / "OVMF_VARS.fd"
+    shutil.copy(_first_existing(OVMF_VARS), vars_file)
+    result_file = work / "validate.json"
+    console = work / "console.log"
+    machine = Machine(image, memory_mib, cpus)
+    argv = machine.argv(vars_file, interactive=False, result_file=result_file,
+                        console_log=console, result_port=VALIDATE_PORT,
+                        cmdline_extra=encode_suite_args(suite_args))
+    progress(f"booting {image.name} under QEMU ({'KVM' if machine.uses_kvm() else 'TCG'}, "
+             f"{cpus} vCPUs) for the in-guest report suite; console log: {console}")
+    start = time.monotonic()
+    try:
+        run(argv, what=f"QEMU validation boot of {image.name}", timeout=timeout_s, check=False)
+    except BuildError as exc:
+        raise BuildError(f"{exc.message}; no results from the guest",
+                         hint=f"read the console log {console}") from exc
+    seconds = time.monotonic() - start
+    text = result_file.read_text().strip() if result_file.exists() else ""
+    if not text:
+        raise BuildError(f"the guest powered off without validation results ({seconds:.0f}s)",
+                         hint=f"is this image built with mlos-validate.service? read the "
+                         f"console log {console}")
+    try:
+        report = json.loads(text.splitlines()[-1])
+    except ValueError as exc:
+        raise BuildError("the guest's validation results are not JSON",
+                         hint=f"it said: {text[:200]}") from exc
+    if not isinstance(report, dict):
+        raise BuildError("the guest's validation results are not a JSON object")
+    return ValidateResult(report, seconds, console)

@@ -74,3 +74,19 @@ def test_image_builds_boots_and_serves(output_dir: Path, distribution: str, rele
     for check in ("health", "units", "module", "inference"):
         assert f"ok   {check}:" in tested.stdout
     assert f"runtime_mode={spec.runtime_mode}" in tested.stdout
+
+    if (distribution, variant) != ("ubuntu", "full"):
+        return
+    # The in-guest E2E report suite, tiny settings (about 5 min under TCG): results come
+    # back over the validation port and the card comes from the guest's own /health.
+    out = output_dir / f"validate-{name}"
+    validated = mlos_build("validate", str(image), "--out", str(out), "--suite-args",
+                           "--repetitions 1 --requests 5 --warmup 1 --concurrency 1 "
+                           "--protocols http --tensor-sizes-mib 1 --tensor-requests 2 "
+                           "--json-requests 1 --json-max-mib 1 --no-llm")
+    assert validated.returncode == 0, (out / "guest.json").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["runtime_mode"] == spec.runtime_mode
+    shm = [p for p in results["tensor_series"]["points"] if p["transport"] == "shm"]
+    assert shm and shm[0]["errors"] == 0 and shm[0]["ok"] == 2
+    assert "Kernel Module (Full: Memory, Scheduler, GPU)" in (out / "report.html").read_text()

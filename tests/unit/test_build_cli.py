@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -152,3 +153,60 @@ def test_checksums_are_updated_in_place(tmp_path: Path) -> None:
     assert [line.split("  ")[1] for line in lines] == ["a.raw", "b.json"]
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, check=False)
     assert check.returncode == 0
+
+
+def test_validate_of_a_missing_image_says_how_to_build_one(tmp_path: Path) -> None:
+    lines = error_lines(mlos_build("validate", str(tmp_path / "nope.raw"),
+                                   "--suite-args", "--repetitions 3 --tensor-sizes-mib 1,4"))
+    assert "not found" in lines[0] and "mlos-build ubuntu" in lines[1]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("--url http://x", "--url is set by validate"),
+    ("--hogs-where=host", "--hogs-where is set by validate"),
+    ("--bogus 1", "unknown option --bogus"),
+    ("'--unclosed", "No closing quotation"),
+])
+def test_validate_checks_the_suite_options_before_booting(tmp_path: Path, text: str,
+                                                          message: str) -> None:
+    lines = error_lines(mlos_build("validate", str(tmp_path / "nope.raw"),
+                                   f"--suite-args={text}"))
+    assert message in lines[0]
+
+
+def test_validate_passes_suite_options_through() -> None:
+    text = "--repetitions 3 --requests 40 --tensor-sizes-mib 1,4 --label 'noble full'"
+    assert cli.suite_args(text) == ["--repetitions", "3", "--requests", "40",
+                                    "--tensor-sizes-mib", "1,4", "--label", "noble full"]
+    with pytest.raises(BuildError, match="not valid suite options"):
+        cli.suite_args("--repetitions many")
+
+
+def test_report_is_wired_to_the_report_command(tmp_path: Path) -> None:
+    help_text = mlos_build("report", "render", "--help")
+    assert help_text.returncode == 0 and "mlos-build report render" in help_text.stdout
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    result = mlos_build("report", "render", str(bad), "--out", str(tmp_path / "r.html"))
+    assert result.returncode == 1 and "not an MLOS results file" in result.stderr
+
+
+def test_validation_results_become_a_report_and_failures_keep_the_details(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_report_render import sample_results
+
+    results = sample_results("kernel_scheduler")
+    image = tmp_path / "mlos-ubuntu-noble-scheduler.raw"
+    ok = {"variant": "scheduler", "ok": True, "suite_s": 150.0, "results": results}
+    assert cli.write_validation(tmp_path / "ok", image, ok, 290.0, tmp_path / "c.log") == 0
+    assert json.loads((tmp_path / "ok" / "results.json").read_text()) == results
+    assert "Kernel Module (Memory + Scheduler)" in (tmp_path / "ok" / "report.html").read_text()
+    guest = json.loads((tmp_path / "ok" / "guest.json").read_text())
+    assert "results" not in guest and guest["wall_s"] == 290.0 and guest["image"] == image.name
+
+    failed = {"variant": "scheduler", "ok": False, "returncode": 1,
+              "stderr_tail": "ServiceError: /health did not answer"}
+    assert cli.write_validation(tmp_path / "bad", image, failed, 90.0, tmp_path / "c.log") == 1
+    assert "did not answer" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "results.json").exists()
+    assert json.loads((tmp_path / "bad" / "guest.json").read_text())["returncode"] == 1

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mlos_build.qemu import RESULT_PORT, Machine, kvm_works
+from mlos_build.qemu import RESULT_PORT, VALIDATE_PORT, Machine, encode_suite_args, kvm_works
+from mlos_build.render import ImageSpec, render
 
 
 def test_tcg_uses_cpu_max_and_the_test_attaches_the_result_port(tmp_path: Path) -> None:
@@ -35,3 +37,35 @@ def test_accelerator_override(monkeypatch: pytest.MonkeyPatch) -> None:
     assert kvm_works() is False
     monkeypatch.setenv("MLOS_BUILD_ACCEL", "kvm")
     assert kvm_works() is True
+
+
+def test_validate_attaches_its_port_and_passes_the_suite_options(tmp_path: Path) -> None:
+    word = encode_suite_args(["--repetitions", "3", "--label", "noble full, TCG"])
+    assert " " not in word and "," not in word
+    argv = Machine(tmp_path / "x.raw", kvm=False).argv(
+        tmp_path / "vars.fd", interactive=False, result_file=tmp_path / "v.json",
+        console_log=tmp_path / "c.log", result_port=VALIDATE_PORT, cmdline_extra=word)
+    joined = " ".join(argv)
+    assert f"name={VALIDATE_PORT}" in joined and f"name={RESULT_PORT}" not in joined
+    assert f"type=11,value=io.systemd.stub.kernel-cmdline-extra={word}" in joined
+    assert "snapshot=on" in joined
+
+
+def test_the_guest_decodes_what_the_host_encodes(tmp_path: Path) -> None:
+    render(ImageSpec.create("ubuntu", "scheduler", cache_dir=tmp_path / "cache",
+                            mlos_version="0.0.0-test"), tmp_path / "p")
+    script = (tmp_path / "p" / "mkosi.extra/usr/libexec/mlos/validate").read_text()
+    namespace: dict[str, Any] = {}
+    exec(compile(script, "validate", "exec"), namespace)  # top level only; main is guarded
+    assert namespace["PORT_NAME"] == VALIDATE_PORT
+    assert namespace["VARIANT"] == "scheduler"
+    for args in ([], ["--repetitions", "3"], ["--label", "ünïcode, with 'quotes' & = signs"]):
+        cmdline = f"BOOT_IMAGE=/vmlinuz console=ttyS0 {encode_suite_args(args)} quiet\n"
+        assert namespace["suite_args"](cmdline) == args
+    assert namespace["suite_args"]("console=ttyS0") == []
+    with pytest.raises(ValueError, match="mlos.validate"):
+        namespace["suite_args"]("mlos.validate=%%%")
+    command = namespace["suite_command"](["--repetitions", "3"], "/var/tmp/x")
+    assert command[:4] == ["/opt/mlos/venv/bin/python", "-m", "mlos_build.report", "run"]
+    assert "http://127.0.0.1:8080" in command and "127.0.0.1:8081" in command
+    assert command[-2:] == ["--repetitions", "3"]

@@ -44,7 +44,8 @@ def test_render_matches_golden(tmp_path: Path, distribution: str, release: str,
 def test_scripts_are_executable(tmp_path: Path) -> None:
     render(ImageSpec.create("ubuntu", "full", **FIXED), tmp_path)
     for script in ("mkosi.build.chroot", "mkosi.postinst.chroot",
-                   "mkosi.extra/usr/libexec/mlos/smoke-test"):
+                   "mkosi.extra/usr/libexec/mlos/smoke-test",
+                   "mkosi.extra/usr/libexec/mlos/validate"):
         assert os.access(tmp_path / script, os.X_OK), script
 
 
@@ -115,7 +116,7 @@ def test_llm_option_compiles_llama_cpp_in_the_build_overlay(tmp_path: Path) -> N
     assert "GGML_NATIVE=OFF" in build
     assert "make -C" not in build  # userspace: no module
     assert {"cmake", "g++"} <= set(spec.build_packages())
-    assert "[llm]" in (tmp_path / "mkosi.postinst.chroot").read_text()
+    assert "[llm,report]" in (tmp_path / "mkosi.postinst.chroot").read_text()
 
 
 @pytest.mark.parametrize("variant", variant_names())
