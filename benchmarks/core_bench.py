@@ -135,6 +135,7 @@ def fmt(seconds: float) -> str:
 class Bench:
     def __init__(self, quick: bool) -> None:
         self.quick = quick
+        self.load_before = os.getloadavg()[0]
         self.tmp = Path(tempfile.mkdtemp(prefix="mlos-bench-"))
         self.repo = self.tmp / "models"
         self.mlp_path = make_mlp(self.repo / "mlp" / "1" / "model.onnx")
@@ -337,9 +338,9 @@ class Bench:
             f"{platform.python_version()}, onnxruntime {ort.__version__}. Run at "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
             "",
-            "**Noise warning:** this 2-core machine was shared with other engineers' builds "
-            "during the run, and client and servers compete for the same two cores, so "
-            "absolute figures are noisy; compare ratios within the table. Clients are the "
+            "**Noise:** client and servers compete for the same cores (1-minute load "
+            f"average before the run {self.load_before:.2f}, after {os.getloadavg()[0]:.2f}), "
+            "so absolute figures are noisy; compare ratios within the table. Clients are the "
             "real tritonclient (HTTP via geventhttpclient, gRPC) in this process; baselines "
             "use a raw keep-alive geventhttpclient (tritonclient's own transport) or a raw "
             "grpcio stub. Shared-memory runs write the input region once (as a producer "
