@@ -138,37 +138,47 @@ class TestResult:
         return bool(self.verdict.get("ok"))
 
 
-def smoke_test(image: Path, progress: Progress, timeout_s: float = 900,
-               memory_mib: int = 2048, work_dir: Path | None = None) -> TestResult:
-    """Boots the image (snapshot: the image is not changed), waits for the in-guest smoke
-    test's verdict on the result port and the guest's power-off, and returns it."""
+def _boot_for_verdict(machine: Machine, image: Path, progress: Progress, prefix: str,
+                      what: str, timeout_s: float, missing_hint: str,
+                      **argv_options: Any) -> tuple[Any, float, Path]:
+    """Boots a snapshot of the image until the guest powers off, and returns the last JSON
+    line the guest wrote to its result port, the boot's wall time and the console log."""
     _check_image(image)
-    work = Path(tempfile.mkdtemp(prefix="mlos-test-", dir=work_dir))
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=argv_options.pop("work_dir", None)))
     vars_file = work / "OVMF_VARS.fd"
     shutil.copy(_first_existing(OVMF_VARS), vars_file)
     result_file = work / "result.json"
     console = work / "console.log"
-    machine = Machine(image, memory_mib)
     argv = machine.argv(vars_file, interactive=False, result_file=result_file,
-                        console_log=console)
-    progress(f"booting {image.name} under QEMU ({'KVM' if machine.uses_kvm() else 'TCG'}); "
-             f"console log: {console}")
+                        console_log=console, **argv_options)
+    progress(f"booting {image.name} under QEMU ({'KVM' if machine.uses_kvm() else 'TCG'}, "
+             f"{machine.cpus} vCPUs); console log: {console}")
     start = time.monotonic()
     try:
         run(argv, what=f"QEMU boot of {image.name}", timeout=timeout_s, check=False)
     except BuildError as exc:
-        raise BuildError(f"{exc.message}; no verdict from the guest",
+        raise BuildError(f"{exc.message}; no {what} from the guest",
                          hint=f"read the console log {console}") from exc
     seconds = time.monotonic() - start
     text = result_file.read_text().strip() if result_file.exists() else ""
     if not text:
-        raise BuildError(f"the guest powered off without a smoke-test verdict ({seconds:.0f}s)",
-                         hint=f"read the console log {console}")
+        raise BuildError(f"the guest powered off without its {what} ({seconds:.0f}s)",
+                         hint=f"{missing_hint}read the console log {console}")
     try:
         verdict = json.loads(text.splitlines()[-1])
     except ValueError as exc:
-        raise BuildError("the guest's smoke-test verdict is not JSON",
+        raise BuildError(f"could not parse the guest's {what} as JSON",
                          hint=f"it said: {text[:200]}") from exc
+    return verdict, seconds, console
+
+
+def smoke_test(image: Path, progress: Progress, timeout_s: float = 900,
+               memory_mib: int = 2048, work_dir: Path | None = None) -> TestResult:
+    """Boots the image (snapshot: the image is not changed), waits for the in-guest smoke
+    test's verdict on the result port and the guest's power-off, and returns it."""
+    verdict, seconds, console = _boot_for_verdict(
+        Machine(image, memory_mib), image, progress, "mlos-test-", "smoke-test verdict",
+        timeout_s, "", work_dir=work_dir)
     return TestResult(verdict, seconds, console)
 
 
@@ -195,35 +205,11 @@ def validate(image: Path, progress: Progress, suite_args: list[str], timeout_s: 
              work_dir: Path | None = None) -> ValidateResult:
     """Boots the image (snapshot: the image is not changed) with the validation port, lets
     the guest run the report suite against its own service and returns what it sent."""
-    _check_image(image)
-    work = Path(tempfile.mkdtemp(prefix="mlos-validate-", dir=work_dir))
-    vars_file = work / "OVMF_VARS.fd"
-    shutil.copy(_first_existing(OVMF_VARS), vars_file)
-    result_file = work / "validate.json"
-    console = work / "console.log"
-    machine = Machine(image, memory_mib, cpus)
-    argv = machine.argv(vars_file, interactive=False, result_file=result_file,
-                        console_log=console, result_port=VALIDATE_PORT,
-                        cmdline_extra=encode_suite_args(suite_args))
-    progress(f"booting {image.name} under QEMU ({'KVM' if machine.uses_kvm() else 'TCG'}, "
-             f"{cpus} vCPUs) for the in-guest report suite; console log: {console}")
-    start = time.monotonic()
-    try:
-        run(argv, what=f"QEMU validation boot of {image.name}", timeout=timeout_s, check=False)
-    except BuildError as exc:
-        raise BuildError(f"{exc.message}; no results from the guest",
-                         hint=f"read the console log {console}") from exc
-    seconds = time.monotonic() - start
-    text = result_file.read_text().strip() if result_file.exists() else ""
-    if not text:
-        raise BuildError(f"the guest powered off without validation results ({seconds:.0f}s)",
-                         hint=f"is this image built with mlos-validate.service? read the "
-                         f"console log {console}")
-    try:
-        report = json.loads(text.splitlines()[-1])
-    except ValueError as exc:
-        raise BuildError("the guest's validation results are not JSON",
-                         hint=f"it said: {text[:200]}") from exc
+    report, seconds, console = _boot_for_verdict(
+        Machine(image, memory_mib, cpus), image, progress, "mlos-validate-",
+        "validation results", timeout_s, "is this image built with mlos-validate.service? ",
+        work_dir=work_dir, result_port=VALIDATE_PORT,
+        cmdline_extra=encode_suite_args(suite_args))
     if not isinstance(report, dict):
         raise BuildError("the guest's validation results are not a JSON object")
     return ValidateResult(report, seconds, console)
