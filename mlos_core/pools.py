@@ -51,7 +51,9 @@ class _MlosMlSlab:
         self.buf, self.size = buf, size
 
     def view(self) -> np.ndarray:
-        return self.buf.array(np.uint8, (self.size,))
+        # Straight from the mapping: not a reshaped view, whose slices would keep only
+        # the array below it alive (see BufferPool.acquire).
+        return np.frombuffer(self.buf.memory, np.uint8, count=self.size)
 
     def close(self) -> None:
         self.buf.close()
@@ -144,6 +146,10 @@ class BufferPool:
         if slab is None:
             slab = self._allocate(klass, purpose)
         array = slab.view()
+        # numpy collapses view chains: a slice of a slice has the first array that owns
+        # its memory, or sits on a non-array buffer, as its base. The finalizer must be on
+        # that array, else it fires while slices of the buffer are still in use.
+        assert not isinstance(array.base, np.ndarray)
         weakref.finalize(array, self._release, klass, slab)
         with self._lock:
             self._count(purpose, "acquired")

@@ -237,6 +237,19 @@ def test_no_pool_when_tensor_pool_mb_is_0(server_factory: Any) -> None:
         "pooled": False, "reason": "tensor_pool_mb is 0"}
 
 
+def test_slices_keep_their_buffer() -> None:
+    """Views of views of a pool buffer keep it out of the free list (numpy collapses view
+    chains, so a finalizer on the wrong array would free it under a live slice)."""
+    pool = HostPool(MIB)
+    part = pool.acquire(100_000)[10:20][2:]
+    other = pool.acquire(100_000)
+    assert pool.in_use_bytes == 2 * (128 << 10) and pool.reused == 0
+    assert not np.shares_memory(part, other)
+    del part, other
+    assert pool.in_use_bytes == 0
+    pool.close()
+
+
 def test_host_pool_is_bounded_and_drops_idle_buffers() -> None:
     pool = HostPool(256 << 10, idle_s=3600)
     a, b = pool.acquire(100 << 10), pool.acquire(100 << 10)  # two 128 KiB buffers
