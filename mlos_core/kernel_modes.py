@@ -4,9 +4,11 @@
 At start the service opens /dev/mlos-ml (when the module's parameters say it is loaded)
 and takes each feature the module offers and the configuration allows:
 
-- memory manager: a pinned pool; response tensors are written by ONNX Runtime (IO
-  binding) straight into pool buffers that are reused from request to request, and
-  Triton shared-memory regions may be mlos-ml buffers (see protocols/shm.py);
+- memory manager: a pinned pool (pools.TensorPool); binary REST request bodies are read
+  into its buffers (protocols/bodies.py) and response tensors are written by ONNX Runtime
+  (IO binding) straight into them, reused from request to request; Triton shared-memory
+  regions may be mlos-ml buffers (see protocols/shm.py). Without it, request bodies go to
+  a host pool of the same shape (pools.HostPool), so they are pooled in every mode;
 - scheduler: the inference threads are registered latency-critical (SCHED_FIFO on the
   reserved CPUs), the HTTP event-loop thread throughput;
 - GPU manager: models whose config asks for a GPU get a lease that picks the device and
