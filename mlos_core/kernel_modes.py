@@ -4,9 +4,11 @@
 At start the service opens /dev/mlos-ml (when the module's parameters say it is loaded)
 and takes each feature the module offers and the configuration allows:
 
-- memory manager: a pinned pool; response tensors are written by ONNX Runtime (IO
-  binding) straight into pool buffers that are reused from request to request, and
-  Triton shared-memory regions may be mlos-ml buffers (see protocols/shm.py);
+- memory manager: a pinned pool (pools.TensorPool); binary REST request bodies are read
+  into its buffers (protocols/bodies.py) and response tensors are written by ONNX Runtime
+  (IO binding) straight into them, reused from request to request; Triton shared-memory
+  regions may be mlos-ml buffers (see protocols/shm.py). Without it, request bodies go to
+  a host pool of the same shape (pools.HostPool), so they are pooled in every mode;
 - scheduler: the inference threads are registered latency-critical (SCHED_FIFO on the
   reserved CPUs), the HTTP event-loop thread throughput;
 - GPU manager: models whose config asks for a GPU get a lease that picks the device and
@@ -23,14 +25,13 @@ import contextlib
 import logging
 import platform
 import threading
-import weakref
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-import numpy as np
-
 from . import mlos_ml
+from .pools import REQUEST, BufferPool, HostPool
+from .pools import TensorPool as TensorPool
 from .runtime_mode import USERSPACE, RuntimeMode
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ FEATURES = (MEMORY, SCHEDULER, GPU)
 #: Names accepted in the `kernel_features` setting.
 SETTING_NAMES = {"memory": MEMORY, "scheduler": SCHEDULER, "gpu": GPU}
 _PARAM = {MEMORY: "enable_tmm", SCHEDULER: "enable_scheduler", GPU: "enable_gpu_manager"}
-_MIN_CLASS = 64 << 10
 
 
 def parse_cpus(text: str) -> list[int]:
@@ -77,104 +77,6 @@ class Feature:
 
     def to_dict(self) -> dict[str, Any]:
         return {"in_use": self.in_use, "reason": self.reason, **self.detail}
-
-
-class TensorPool:
-    """Reusable tensor buffers carved from one pinned mlos-ml pool.
-
-    Buffers come in power-of-two size classes; a buffer handed out as a numpy array goes
-    back to its free list when the last view of that array dies (so a response still being
-    serialised keeps its bytes). Allocation failures are the caller's cue to fall back.
-    """
-
-    def __init__(self, device: mlos_ml.Device, size: int) -> None:
-        self.pool = device.create_pool(size)
-        self.size = self.pool.size
-        self._free: dict[int, list[mlos_ml.Buffer]] = {}
-        self._lock = threading.Lock()
-        self.acquired = 0
-        self.reused = 0
-        self.allocated = 0
-        self.failures = 0
-        self.bytes_total = 0
-        self.in_use_bytes = 0
-        self.idle_bytes = 0
-
-    @staticmethod
-    def size_class(nbytes: int) -> int:
-        return max(_MIN_CLASS, 1 << max(0, nbytes - 1).bit_length())
-
-    def acquire(self, nbytes: int) -> np.ndarray:
-        """A uint8 array of at least nbytes in pool pages (raises MlosMlError when the pool
-        cannot give one)."""
-        klass = self.size_class(nbytes)
-        with self._lock:
-            free = self._free.get(klass)
-            buf = free.pop() if free else None
-            if buf is not None:
-                self.reused += 1
-                self.idle_bytes -= klass
-        if buf is None:
-            buf = self._allocate(klass)
-        array = buf.array(np.uint8, (klass,))
-        weakref.finalize(array, self._release, klass, buf)
-        with self._lock:
-            self.acquired += 1
-            self.bytes_total += nbytes
-            self.in_use_bytes += klass
-        return array[:nbytes]
-
-    def _allocate(self, klass: int) -> mlos_ml.Buffer:
-        try:
-            buf = self.pool.alloc(klass)
-        except mlos_ml.PoolExhaustedError:
-            self._drop_idle()  # idle buffers of other sizes hold the room: give it back
-            try:
-                buf = self.pool.alloc(klass)
-            except mlos_ml.MlosMlError:
-                with self._lock:
-                    self.failures += 1
-                raise
-        except mlos_ml.MlosMlError:
-            with self._lock:
-                self.failures += 1
-            raise
-        with self._lock:
-            self.allocated += 1
-        return buf
-
-    def _drop_idle(self) -> None:
-        with self._lock:
-            idle = [b for bufs in self._free.values() for b in bufs]
-            self._free.clear()
-            self.idle_bytes = 0
-        for buf in idle:
-            buf.close()
-
-    def _release(self, klass: int, buf: mlos_ml.Buffer) -> None:
-        with self._lock:
-            self.in_use_bytes -= klass
-            if buf.fd >= 0:
-                self._free.setdefault(klass, []).append(buf)
-                self.idle_bytes += klass
-
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            own = {"acquired": self.acquired, "reused": self.reused,
-                   "allocated": self.allocated, "failures": self.failures,
-                   "bytes": self.bytes_total, "in_use_bytes": self.in_use_bytes,
-                   "idle_bytes": self.idle_bytes}
-        with contextlib.suppress(mlos_ml.MlosMlError):
-            kernel = self.pool.stats()
-            own.update(pool_size=int(kernel["size"]), pool_free=int(kernel["free"]),
-                       pool_peak_used=int(kernel["peak_used"]),
-                       pool_buffers=int(kernel["nr_buffers"]))
-        return own
-
-    def close(self) -> None:
-        self._drop_idle()
-        with contextlib.suppress(mlos_ml.MlosMlError):
-            self.pool.destroy()
 
 
 @dataclass
@@ -219,6 +121,9 @@ class KernelModes:
         self.features = {name: Feature() for name in FEATURES}
         self.device: mlos_ml.Device | None = None
         self.pool: TensorPool | None = None
+        # Request bodies are pooled in every mode: in the mlos-ml pool when the memory
+        # manager is in use, else here (nothing is allocated until a request needs it).
+        self.host_pool: HostPool | None = HostPool(pool_mb << 20) if pool_mb > 0 else None
         self._lock = threading.Lock()
         self._threads: dict[int, str] = {}  # tid -> class name
         self.register_failures = 0
@@ -295,7 +200,14 @@ class KernelModes:
             detail["note"] = "no GPU present: models that ask for one run on the CPU"
         self.features[GPU] = Feature(True, None, detail)
 
+    @property
+    def request_pool(self) -> BufferPool | None:
+        """Where request bodies are read to: the pinned pool, else the host pool."""
+        return self.pool if self.pool is not None else self.host_pool
+
     def close(self) -> None:
+        if self.host_pool is not None:
+            self.host_pool.close()
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -393,10 +305,22 @@ class KernelModes:
             features[GPU]["leases"] = [
                 {"model": p.model, "requested_bytes": p.requested_bytes, **p.config()}
                 for p in placements]
+        features[MEMORY]["request_buffers"] = self.request_buffers()
         return {"features": features,
                 "features_in_use": [n for n, f in self.features.items() if f.in_use],
                 "effective_mode": self.effective_mode(),
                 "kernel_fallbacks": dict(self.fallbacks)}
+
+    def request_buffers(self) -> dict[str, Any]:
+        """Request-body pooling: where the bodies go and how often a buffer was reused."""
+        pool = self.request_pool
+        if pool is None:
+            return {"pooled": False, "reason": "tensor_pool_mb is 0"}
+        with self._lock:
+            fallbacks = self.fallbacks.get("request_body", 0)
+        stats = pool.stats()
+        return {"pooled": True, "pool": pool.kind, **pool.purpose_stats(REQUEST),
+                "fallbacks": fallbacks, "held_bytes": stats["in_use_bytes"] + stats["idle_bytes"]}
 
     def thread_figures(self) -> dict[str, dict[str, int]]:
         """Per class: registered threads, and their preemptions/voluntary switches."""
@@ -447,6 +371,7 @@ class KernelModes:
                 name = f"mlos_pool_{key}" + ("_total" if kind == "counter" else "")
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
                           f"{name} {stats[key]}"]
+        lines += self._request_buffer_metrics()
         if self.features[SCHEDULER].in_use:
             figures = self.thread_figures()
             for metric, key, kind, help_text in (
@@ -492,3 +417,22 @@ class KernelModes:
                     lines.append(f'mlos_module_sched_threads{{class="{klass}"}} {n}')
         return "\n".join(lines) + "\n"
 
+    def _request_buffer_metrics(self) -> list[str]:
+        figures = self.request_buffers()
+        if not figures["pooled"]:
+            return []
+        label = f'{{pool="{figures["pool"]}"}}'
+        lines: list[str] = []
+        for key, kind, help_text in (
+            ("acquired", "counter", "Request bodies read into a pool buffer."),
+            ("reused", "counter", "Request buffers reused without a new allocation."),
+            ("allocated", "counter", "Request buffers newly allocated in the pool."),
+            ("failures", "counter", "Request buffers the pool could not give."),
+            ("fallbacks", "counter", "Request bodies read into a per-request allocation."),
+            ("bytes", "counter", "Request body bytes read into pool buffers."),
+            ("held_bytes", "gauge", "Bytes the request pool holds (in use and idle)."),
+        ):
+            name = f"mlos_request_buffers_{key}" + ("_total" if kind == "counter" else "")
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
+                      f"{name}{label} {figures[key]}"]
+        return lines

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from ..dataplane import (
@@ -27,8 +29,9 @@ from ..dataplane import (
 )
 from ..errors import InvalidInputError, PayloadTooLargeError
 from ..tensors import DTYPES, check_shape, from_bytes, from_json, to_bytes, to_json
+from .bodies import HEADER_LENGTH, header_length, read_binary_body
 
-HEADER_LENGTH = "inference-header-content-length"
+log = logging.getLogger(__name__)
 INFER_PATHS = (
     "/v2/models/{model_name}/infer",
     "/v2/models/{model_name}/versions/{model_version}/infer",
@@ -237,34 +240,50 @@ def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Respo
     first routes matched. The FastAPI twins in create_router only document the body in
     the OpenAPI (shadowed, they share this code)."""
 
-    async def infer(request: Request) -> Response:
+    def request_body_fallback() -> None:
+        plane.kernel.fallback("request_body")
+
+    async def read_body(request: Request) -> tuple[bytes, memoryview | None]:
+        """The JSON header and the binary part (None without the binary extension)."""
+        header_value = request.headers.get(HEADER_LENGTH)
+        encoding = request.headers.get("content-encoding")
+        plain = encoding is None or encoding.strip().lower() == "identity"
+        pool = plane.kernel.request_pool
+        if header_value is not None and plain and pool is not None:
+            split = header_length(header_value)
+            read = await read_binary_body(request, pool, split, request_body_fallback)
+            return read.header, read.binary
+        body = await request.body()
+        if encoding is not None:
+            body = _decompress(body, encoding, plane.settings.max_request_bytes)
+        if header_value is None:
+            return body, None
+        split = header_length(header_value)
+        if split > len(body):
+            raise InvalidInputError("Inference-Header-Content-Length exceeds the body")
+        if pool is not None:  # a compressed body: inflated into a per-request allocation
+            plane.kernel.fallback("request_body")
+        return body[:split], memoryview(body)[split:]
+
+    async def serve(request: Request) -> Response:
         params = request.path_params
         model_name: str = params["model_name"]
         model_version: str | None = params.get("model_version")
-        body = await request.body()
-        encoding = request.headers.get("content-encoding")
-        if encoding is not None:
-            body = _decompress(body, encoding, plane.settings.max_request_bytes)
-        header_length = request.headers.get(HEADER_LENGTH)
-        binary: memoryview | None = None
-        if header_length is not None:
-            try:
-                split = int(header_length)
-            except ValueError:
-                raise InvalidInputError(
-                    "Inference-Header-Content-Length is not an integer"
-                ) from None
-            if not 0 <= split <= len(body):
-                raise InvalidInputError("Inference-Header-Content-Length exceeds the body")
-            binary = memoryview(body)[split:]
-            body = body[:split]
+        header, binary = await read_body(request)
         try:
-            doc = json.loads(body)
+            doc = json.loads(header)
         except (ValueError, RecursionError) as exc:
             raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
         infer_request, binary_default = parse_infer_request(doc, binary, model_name, model_version)
         response = await plane.infer(infer_request)
         return encode_infer_response(response, binary_default)
+
+    async def infer(request: Request) -> Response:
+        try:
+            return await serve(request)
+        except ClientDisconnect:
+            log.debug("client went away while sending %s", request.url.path)
+            return Response(status_code=499)  # nobody reads it; the buffer is back already
 
     return infer
 

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Runs inside the QEMU guest (host root over 9p, mlos_ml loaded in one mode): starts a
-real `mlos-core serve`, checks /health, inference through pool buffers, the module's view
+real `mlos-core serve`, checks /health, inference through pool buffers (binary request
+bodies read into the mlos-ml pool, outputs written into it), the module's view
 of the registered threads, GPU leases, an mlos-ml shared-memory region and a per-request
 fallback, stops the service, and prints one "MLOS-MODES-JSON <mode> {...}" line for
 tests/kernel/test_modes_guest.py."""
@@ -148,7 +149,11 @@ def main() -> int:
             "mlos_pool_acquired_total", "mlos_pool_reused_total", "mlos_pool_bytes_total",
             "mlos_pool_failures_total", 'mlos_kernel_fallbacks_total{what="pool"}',
             'mlos_sched_threads{class="latency"}', 'mlos_sched_threads{class="throughput"}',
-            "mlos_gpu_leases", "mlos_gpu_leased_bytes", "mlos_module_buffers")}
+            "mlos_gpu_leases", "mlos_gpu_leased_bytes", "mlos_module_buffers",
+            "mlos_pool_pool_peak_used", *(f'mlos_request_buffers_{key}{{pool="mlos_ml"}}'
+                                          for key in ("acquired_total", "reused_total",
+                                                      "allocated_total", "fallbacks_total",
+                                                      "bytes_total")))}
         result["health_after"] = json.loads(get("/health"))
     except Exception as exc:  # reported to the host test, which shows the server log
         import traceback

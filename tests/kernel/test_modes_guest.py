@@ -81,8 +81,17 @@ def test_service_in_mode(modes_guest: guest.GuestRun, mode: str) -> None:
     assert m["mlos_pool_acquired_total"] >= 4 and m["mlos_pool_reused_total"] >= 3, m
     assert m["mlos_pool_bytes_total"] >= 4 * (4 << 20), m
     assert res["module_stats_serving"]["pools"] >= 1
+    # Binary request bodies were read into pinned mlos-ml buffers, reused likewise; the
+    # pool held a request body and its response (4 MiB each) at once.
+    req = {key: m[f'mlos_request_buffers_{key}{{pool="mlos_ml"}}'] for key in (
+        "acquired_total", "reused_total", "allocated_total", "fallbacks_total", "bytes_total")}
+    assert req["acquired_total"] >= 5 and req["reused_total"] >= 3, req
+    assert req["bytes_total"] >= 4 * (4 << 20), req
+    assert m["mlos_pool_pool_peak_used"] >= 2 * (4 << 20), m
+    assert features["memory_manager"]["request_buffers"]["pool"] == "mlos_ml"
     # Per-request fallback: a 32 MiB output does not fit the 16 MiB pool.
     assert res["fallback_infer_ok"] and m['mlos_kernel_fallbacks_total{what="pool"}'] >= 1, m
+    assert req["fallbacks_total"] == 1, req  # its 32 MiB body too, read the plain way
     # Triton shared memory backed by the client's own mlos-ml buffers.
     assert res["shm"] == {"ok": True, "regions": ["mlos-ml", "mlos-ml"]}, res["shm"]
     stats = res["module_stats_serving"]
