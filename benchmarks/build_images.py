@@ -94,6 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--distribution", default="ubuntu")
     parser.add_argument("--variant", default="full")
+    parser.add_argument("--without-llm", dest="with_llm", action="store_false",
+                        help="build the MLOS image without llama-cpp-python (its cold build "
+                        "otherwise includes the llama.cpp compile, about 10 minutes)")
     parser.add_argument("--mlos-source", type=Path, default=REPO)
     parser.add_argument("--work-dir", type=Path, default=Path("/var/tmp/mlos-bench"))
     args = parser.parse_args()
@@ -101,7 +104,8 @@ def main() -> None:
     rows: dict[str, dict[str, str]] = {"plain mkosi": {}, "MLOS": {}}
 
     plain_cache, mlos_cache = args.work_dir / "plain-cache", args.work_dir / "mlos-cache"
-    spec = ImageSpec.create(args.distribution, args.variant, cache_dir=mlos_cache)
+    spec = ImageSpec.create(args.distribution, args.variant, cache_dir=mlos_cache,
+                            with_llm=args.with_llm)
     plain_project(spec, args.work_dir / "projects")
     plain_out = args.work_dir / "plain-out"
     for label in ("cold", "warm"):

@@ -49,8 +49,11 @@ def _image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help=f"package, image and pip caches reused by rebuilds "
                    f"(default: {DEFAULT_CACHE_DIR})")
-    p.add_argument("--with-llm", action="store_true",
-                   help="also install llama-cpp-python (compiled once, then cached)")
+    p.add_argument("--with-llm", dest="with_llm", action="store_true", default=True,
+                   help="install llama-cpp-python for LLMs, compiled once per release and "
+                   "then cached (the default)")
+    p.add_argument("--without-llm", dest="with_llm", action="store_false",
+                   help="leave llama-cpp-python out (smaller image, no compile)")
     p.add_argument("--autologin", action="store_true",
                    help="log root in on the consoles without a password (development only; "
                    "otherwise root is locked)")

@@ -37,6 +37,7 @@ class Distribution:
     suites: tuple[str, ...]
     kernel_packages: tuple[str, ...]
     headers_packages: tuple[str, ...]
+    dkms_packages: tuple[str, ...]
     base_packages: tuple[str, ...]
     releases: dict[str, Release]
     security: dict[str, Any] | None = None
@@ -110,6 +111,7 @@ def load_distribution(name: str) -> Distribution:
         suites=tuple(data["suites"]),
         kernel_packages=tuple(data["kernel_packages"]),
         headers_packages=tuple(data["headers_packages"]),
+        dkms_packages=tuple(data["dkms_packages"]),
         base_packages=tuple(data["base_packages"]),
         releases=releases,
         security=data.get("security"),

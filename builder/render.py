@@ -33,14 +33,14 @@ class ImageSpec:
     variant: Variant
     mirror: str
     cache_dir: Path = DEFAULT_CACHE_DIR
-    with_llm: bool = False
+    with_llm: bool = True
     autologin: bool = False
     mlos_version: str = __version__
 
     @classmethod
     def create(cls, distribution: str, variant: str, release: str | None = None,
                mirror: str | None = None, cache_dir: Path | None = None,
-               with_llm: bool = False, autologin: bool = False,
+               with_llm: bool = True, autologin: bool = False,
                mlos_version: str | None = None) -> ImageSpec:
         dist = load_distribution(distribution)
         rel = dist.release(release)
@@ -60,8 +60,13 @@ class ImageSpec:
 
     def packages(self) -> list[str]:
         dist = self.distribution
-        return [*dist.base_packages, *dist.releases[self.release].packages,
-                *dist.kernel_packages]
+        packages = [*dist.base_packages, *dist.releases[self.release].packages,
+                    *dist.kernel_packages]
+        if self.variant.module is not None:
+            # DKMS and the kernel's headers stay in the image, so that a kernel upgrade
+            # rebuilds mlos-ml (dkms pulls in the compiler).
+            packages += [*dist.dkms_packages, *dist.headers_packages]
+        return list(dict.fromkeys(packages))
 
     def build_packages(self) -> list[str]:
         packages: list[str] = []

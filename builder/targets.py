@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,24 @@ def check_mirror(url: str, suite: str) -> None:
                          hint="check the network or pass --mirror URL") from exc
 
 
+def pinned_llm_requirement(wheel: Path) -> str:
+    """The llama-cpp-python requirement of the MLOS wheel's `llm` extra, which must pin one
+    version: images compile that version once per release and reuse the wheel."""
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")),
+                        None)
+        text = archive.read(metadata).decode() if metadata else ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        requirement, _, marker = value.partition(";")
+        if (key == "Requires-Dist" and "llm" in marker
+                and requirement.strip().startswith("llama-cpp-python==")):
+            return requirement.strip().replace(" ", "")
+    raise BuildError(f"{wheel.name} does not pin llama-cpp-python in its llm extra",
+                     hint='pyproject.toml needs llm = ["llama-cpp-python==X.Y.Z"], or build '
+                     "with --without-llm")
+
+
 class MkosiDiskTarget(Target):
     """A raw UEFI disk image (systemd-boot, ext4 root) built by mkosi 24.3."""
 
@@ -122,6 +141,9 @@ class MkosiDiskTarget(Target):
         self.progress(f"building the MLOS wheel from {src}")
         run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", assets, src],
             what="building the MLOS wheel")
+        if self.spec.with_llm:
+            wheel = next(assets.glob("mlos-*.whl"))
+            (assets / "llm-requirement.txt").write_text(pinned_llm_requirement(wheel) + "\n")
         shutil.copy2(needed[0], assets / "mlos-core.service")
         shutil.copy2(needed[1], assets / "core.yaml")
         if self.spec.variant.module:

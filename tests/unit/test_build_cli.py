@@ -8,14 +8,21 @@ import shutil
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from mlos_build import cli
 from mlos_build.errors import BuildError
 from mlos_build.runner import require_tools, run
-from mlos_build.targets import check_free_space, check_mirror, update_checksums
+from mlos_build.targets import (
+    check_free_space,
+    check_mirror,
+    pinned_llm_requirement,
+    update_checksums,
+)
 
 NEEDS_MKOSI = pytest.mark.skipif(shutil.which("mkosi") is None,
                                  reason="mkosi is not installed (scripts/setup.d/40-images.sh)")
@@ -210,3 +217,33 @@ def test_validation_results_become_a_report_and_failures_keep_the_details(
     assert "did not answer" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "results.json").exists()
     assert json.loads((tmp_path / "bad" / "guest.json").read_text())["returncode"] == 1
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_llm_extra_pins_one_llama_cpp_python() -> None:
+    # Images compile that exact version once per release; a range would let pip pick a
+    # newer source release and compile it again, without compilers, in the final image.
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert len(extras["llm"]) == 1 and extras["llm"][0].startswith("llama-cpp-python==")
+
+
+def test_the_llm_requirement_is_read_from_the_mlos_wheel(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                          "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    wheel = next(tmp_path.glob("mlos-*.whl"))
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert pinned_llm_requirement(wheel) == extras["llm"][0]
+
+    unpinned = tmp_path / "mlos-0-py3-none-any.whl"
+    with zipfile.ZipFile(unpinned, "w") as archive:
+        archive.writestr("mlos-0.dist-info/METADATA",
+                         "Name: mlos\nRequires-Dist: llama-cpp-python>=0.3; extra == \"llm\"\n")
+    with pytest.raises(BuildError, match="does not pin") as exc:
+        pinned_llm_requirement(unpinned)
+    assert "--without-llm" in (exc.value.hint or "")

@@ -50,9 +50,10 @@ def test_scripts_are_executable(tmp_path: Path) -> None:
 
 
 def test_userspace_has_no_module_files(tmp_path: Path) -> None:
-    files = {p.as_posix() for p in render(ImageSpec.create("debian", "userspace", **FIXED),
-                                          tmp_path)}
+    spec = ImageSpec.create("debian", "userspace", with_llm=False, **FIXED)
+    files = {p.as_posix() for p in render(spec, tmp_path)}
     assert "mkosi.build.chroot" not in files
+    assert "dkms" not in spec.packages()
     assert "mkosi.extra/etc/modprobe.d/mlos-ml.conf" not in files
     assert "mkosi.extra/etc/modules-load.d/mlos-ml.conf" not in files
     assert "BuildPackages" not in (tmp_path / "mkosi.conf").read_text()
@@ -108,15 +109,39 @@ def test_a_template_with_an_undefined_value_fails(tmp_path: Path,
         render(ImageSpec.create("ubuntu", "full", **FIXED), tmp_path / "out")
 
 
-def test_llm_option_compiles_llama_cpp_in_the_build_overlay(tmp_path: Path) -> None:
-    spec = ImageSpec.create("debian", "userspace", with_llm=True, **FIXED)
+def test_llm_is_compiled_in_the_build_overlay_by_default(tmp_path: Path) -> None:
+    spec = ImageSpec.create("debian", "userspace", **FIXED)
+    assert spec.with_llm
     render(spec, tmp_path)
     build = (tmp_path / "mkosi.build.chroot").read_text()
-    assert "pip wheel" in build and "llama-cpp-python" in build
+    assert "pip wheel" in build and "llm-requirement.txt" in build
     assert "GGML_NATIVE=OFF" in build
     assert "make -C" not in build  # userspace: no module
     assert {"cmake", "g++"} <= set(spec.build_packages())
-    assert "[llm,report]" in (tmp_path / "mkosi.postinst.chroot").read_text()
+    # One cached wheel per release: the libraries link that release's C library.
+    wheels = "pip-cache/mlos-wheels/debian-bookworm"
+    assert wheels in build
+    postinst = (tmp_path / "mkosi.postinst.chroot").read_text()
+    assert "[llm,report]" in postinst and wheels in postinst
+
+
+def test_without_llm_leaves_the_compilers_out(tmp_path: Path) -> None:
+    spec = ImageSpec.create("ubuntu", "full", with_llm=False, **FIXED)
+    render(spec, tmp_path)
+    assert "cmake" not in spec.build_packages()
+    assert "pip wheel" not in (tmp_path / "mkosi.build.chroot").read_text()
+    assert "[llm" not in (tmp_path / "mkosi.postinst.chroot").read_text()
+
+
+@pytest.mark.parametrize("distribution", ["ubuntu", "debian"])
+def test_kernel_variants_keep_dkms_for_kernel_upgrades(tmp_path: Path,
+                                                        distribution: str) -> None:
+    spec = ImageSpec.create(distribution, "basic", **FIXED)
+    render(spec, tmp_path)
+    # dkms and the headers are in the image itself, not only in the build overlay.
+    assert {"dkms", *spec.distribution.headers_packages} <= set(spec.packages())
+    postinst = (tmp_path / "mkosi.postinst.chroot").read_text()
+    assert "dkms add" in postinst and "dkms build -m mlos-ml" in postinst
 
 
 @pytest.mark.parametrize("variant", variant_names())

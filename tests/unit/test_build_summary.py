@@ -38,7 +38,7 @@ def test_mkosi_summary_parses(tmp_path: Path, distribution: str, release: str,
     assert set(spec.build_packages()) == set(image["BuildPackages"])
     # Each script exactly once: naming a default-named script in the config runs it twice.
     scripts = [Path(s).name for s in image["BuildScripts"]]
-    assert scripts == (["mkosi.build.chroot"] if spec.variant.module else [])
+    assert scripts == (["mkosi.build.chroot"] if spec.variant.module or spec.with_llm else [])
     assert [Path(s).name for s in image["PostInstallationScripts"]] == ["mkosi.postinst.chroot"]
     assert [Path(t["Source"]).name for t in image["PackageManagerTrees"]] == ["mkosi.pkgmngr"]
     targets = {t["Target"] for t in image["BuildSources"]}
