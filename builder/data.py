@@ -38,6 +38,7 @@ class Distribution:
     kernel_packages: tuple[str, ...]
     headers_packages: tuple[str, ...]
     dkms_packages: tuple[str, ...]
+    llm_packages: tuple[str, ...]
     base_packages: tuple[str, ...]
     releases: dict[str, Release]
     security: dict[str, Any] | None = None
@@ -112,6 +113,7 @@ def load_distribution(name: str) -> Distribution:
         kernel_packages=tuple(data["kernel_packages"]),
         headers_packages=tuple(data["headers_packages"]),
         dkms_packages=tuple(data["dkms_packages"]),
+        llm_packages=tuple(data["llm_packages"]),
         base_packages=tuple(data["base_packages"]),
         releases=releases,
         security=data.get("security"),

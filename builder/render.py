@@ -66,6 +66,8 @@ class ImageSpec:
             # DKMS and the kernel's headers stay in the image, so that a kernel upgrade
             # rebuilds mlos-ml (dkms pulls in the compiler).
             packages += [*dist.dkms_packages, *dist.headers_packages]
+        if self.with_llm:
+            packages += dist.llm_packages
         return list(dict.fromkeys(packages))
 
     def build_packages(self) -> list[str]:

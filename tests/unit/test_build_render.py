@@ -118,6 +118,7 @@ def test_llm_is_compiled_in_the_build_overlay_by_default(tmp_path: Path) -> None
     assert "GGML_NATIVE=OFF" in build
     assert "make -C" not in build  # userspace: no module
     assert {"cmake", "g++"} <= set(spec.build_packages())
+    assert "libgomp1" in spec.packages()  # llama.cpp's OpenMP runtime, in the image itself
     # One cached wheel per release: the libraries link that release's C library.
     wheels = "pip-cache/mlos-wheels/debian-bookworm"
     assert wheels in build
@@ -128,7 +129,7 @@ def test_llm_is_compiled_in_the_build_overlay_by_default(tmp_path: Path) -> None
 def test_without_llm_leaves_the_compilers_out(tmp_path: Path) -> None:
     spec = ImageSpec.create("ubuntu", "full", with_llm=False, **FIXED)
     render(spec, tmp_path)
-    assert "cmake" not in spec.build_packages()
+    assert "cmake" not in spec.build_packages() and "libgomp1" not in spec.packages()
     assert "pip wheel" not in (tmp_path / "mkosi.build.chroot").read_text()
     assert "[llm" not in (tmp_path / "mkosi.postinst.chroot").read_text()
 
