@@ -41,6 +41,7 @@ class Registration:
     name: str | None = None  # the unique name given to a service thread
     model: str | None = None  # the model whose backend started it (native threads)
     owner: Hashable | None = None  # what ends it: a model key, or the starting thread's tid
+    key: Hashable | None = None  # the model key it was adopted for (its unload drops it)
 
 
 class ThreadRegistry:
@@ -96,9 +97,10 @@ class ThreadRegistry:
             return self._register(Registration(thread, klass, name))
 
     def adopt(self, threads: Iterable[nt.NativeThread], klass: str, model: str | None,
-              owner: Hashable, name: str | None = None) -> int:
-        """Register native threads on behalf of `owner`; renamed `name` when given (so
-        `top -H` tells them apart). Returns how many were registered."""
+              owner: Hashable, name: str | None = None, key: Hashable | None = None) -> int:
+        """Register native threads on behalf of `owner` (and of the model `key`);
+        renamed `name` when given (so `top -H` tells them apart). Returns how many were
+        registered."""
         count = 0
         with self._lock:
             for thread in threads:
@@ -106,13 +108,16 @@ class ThreadRegistry:
                     continue
                 if name is not None:
                     nt.rename(thread.tid, name)
-                count += self._register(Registration(thread, klass, None, model, owner))
+                reg = Registration(thread, klass, None, model, owner, key)
+                count += self._register(reg)
         return count
 
     def adopt_started(self, key: Hashable, model: str | None) -> int:
         """After the calling thread ran `key`'s compute for the first time: register the
         native threads it started (llama.cpp's OpenMP team) in its own class. Once per
-        thread and model; they belong to this thread, not to the model."""
+        thread and model. They live as long as this thread (libgomp keeps the team for
+        the next decode), but are registered for the model: its unload drops them, and
+        the next model that runs here adopts them again."""
         tid = threading.get_native_id()
         with self._lock:
             if (tid, key) in self._warm:
@@ -122,7 +127,7 @@ class ThreadRegistry:
             if reg is None or reg.name is None:
                 return 0
             found = nt.started_by(reg.name, exclude=(*self._regs, tid))
-            return self.adopt(found, reg.klass, model, owner=tid)
+            return self.adopt(found, reg.klass, model, owner=tid, key=key)
 
     # ---- dropping --------------------------------------------------------------------
     def _drop(self, regs: list[Registration]) -> None:
@@ -133,14 +138,16 @@ class ThreadRegistry:
                 self.device.unregister_thread(reg.thread.tid)
 
     def release_owner(self, owner: Hashable) -> int:
-        """Drop what `owner` (a model key, a thread's tid) started, and the owning thread
-        itself when it is registered."""
+        """Drop what `owner` (a model key, a thread's tid) started or was adopted for,
+        and the owning thread itself when it is registered."""
         with self._lock:
-            regs = [r for r in self._regs.values() if r.owner == owner]
+            regs = [r for r in self._regs.values() if owner in (r.owner, r.key)]
             if isinstance(owner, int) and owner in self._regs and \
                     self._regs[owner].owner is None:
                 regs.append(self._regs[owner])
-            self._warm = {w for w in self._warm if w[1] != owner and w[0] != owner}
+            # A thread whose team was dropped adopts it again at its next run.
+            masters = {r.owner for r in regs} | {owner}
+            self._warm = {w for w in self._warm if w[1] != owner and w[0] not in masters}
             self._drop(regs)
         return len(regs)
 

@@ -205,6 +205,9 @@ def test_compute_thread_adopts_what_it_starts_and_drops_it_at_the_end() -> None:
         seen["adopted"] = registry.adopt_started("m", "m")
         seen["again"] = registry.adopt_started("m", "m")  # once per thread and model
         seen["registered"] = dict(device.registered)
+        # The model unloads: its share of the team is dropped; the thread stays.
+        seen["unloaded"] = registry.release_owner("m"), list(device.registered)
+        seen["readopted"] = registry.adopt_started("m2", "m2")  # the next model's first run
         registry.release_owner(me)
         seen["after"] = dict(device.registered)
         libc.pthread_join(thread, None)
@@ -215,6 +218,8 @@ def test_compute_thread_adopts_what_it_starts_and_drops_it_at_the_end() -> None:
     assert seen["adopted"] == 1 and seen["again"] == 0
     assert len(seen["registered"]) == 2
     assert all(v == (mlos_ml.ThreadClass.LATENCY, [1]) for v in seen["registered"].values())
+    assert seen["unloaded"][0] == 1 and seen["unloaded"][1] == [t.native_id]
+    assert seen["readopted"] == 1
     assert seen["after"] == {}
 
 
