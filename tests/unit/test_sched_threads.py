@@ -27,8 +27,9 @@ from core_models import make_mlp
 from mlos_core import mlos_ml
 from mlos_core import native_threads as nt
 from mlos_core.backends.base import ModelSource
+from mlos_core.backends.capabilities import GenerationParams
 from mlos_core.backends.onnx_runtime import OnnxRuntimeBackend
-from mlos_core.dataplane import DataPlane
+from mlos_core.dataplane import DataPlane, InferRequest, InputTensor
 from mlos_core.kernel_modes import SCHEDULER, Feature
 from mlos_core.thread_registry import LATENCY, THROUGHPUT, ThreadRegistry
 
@@ -239,3 +240,57 @@ def test_userspace_registers_nothing_and_names_nothing(server_factory) -> None: 
     assert "mlos_sched_threads" not in requests.get(f"http://{server.url}/metrics",
                                                     timeout=5).text
     assert os.getpid() in nt.task_ids()
+
+
+@pytest.mark.llm
+def test_llama_openmp_team_adopted_per_thread_and_dropped_at_unload(
+        repo: Path, tmp_path: Path) -> None:
+    # Real llama.cpp (the installed wheel links libgomp): the OpenMP worker starts at the
+    # first decode on a thread and carries that thread's name.
+    pytest.importorskip("llama_cpp")
+    from llm_support import add_model, write_tiny_gguf
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", context_length=128)
+    add_model(repo, "tiny", gguf, {"threads": 2, "context_size": 128, "max_tokens": 2})
+    plane = DataPlane(make_settings(repo, load_models_at_start=False,  # noqa: F405
+                                    inference_threads=1))
+    device = with_scheduler(plane)
+    try:
+        plane.load_model("tiny")
+        assert plane.health()["features"][SCHEDULER]["models"] == {}  # none at load
+        prompt = np.array([b"the"], dtype=object)
+        request = InferRequest("tiny", None, [InputTensor("text_input", "BYTES", (1,), prompt)])
+        assert plane.infer_blocking(request).outputs[0].data is not None
+        infer = [tid for tid in device.registered if (nt.name_of(tid) or "").startswith("inf-")]
+        assert len(infer) == 2, {t: nt.name_of(t) for t in device.registered}  # thread + worker
+        assert all(device.registered[t] == (mlos_ml.ThreadClass.LATENCY, [1]) for t in infer)
+        assert plane.health()["features"][SCHEDULER]["models"] == {"tiny": {LATENCY: 1}}
+        plane.infer_blocking(request)  # later runs: nothing new to adopt
+        assert len(device.registered) == 2
+
+        # A generation thread (the OpenAI routes' Pump): it and its team, then neither.
+        backend: Any = plane.backend("tiny")
+        seen: dict[str, Any] = {}
+
+        def generate() -> None:
+            with plane.kernel.compute_thread("tiny") as first_step_done:
+                stream = backend.start(backend.tokenize("the"),
+                                       GenerationParams(max_tokens=3, temperature=0.0))
+                for i, _chunk in enumerate(stream):
+                    if i == 0:
+                        first_step_done()
+                        seen["during"] = len(device.registered)
+            seen["after"] = len(device.registered)
+
+        t = threading.Thread(target=generate)
+        t.start()
+        t.join()
+        assert seen == {"during": 4, "after": 2}, seen
+
+        plane.unload_model("tiny")
+        # libgomp keeps the worker for its thread; unregistered, not counted for a model.
+        assert len(device.registered) == 1
+        assert plane.health()["features"][SCHEDULER]["models"] == {}
+        assert "mlos_sched_model_threads{" not in plane.kernel.render_metrics()
+    finally:
+        plane.close()
