@@ -169,8 +169,8 @@ class Pump:
                 loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
         def run() -> None:
-            scope = thread_scope() if thread_scope is not None else _no_scope()
             try:
+                scope = thread_scope() if thread_scope is not None else _no_scope()
                 with scope as first_step_done:
                     for chunk in stream:
                         if first_step_done is not None:

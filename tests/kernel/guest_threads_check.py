@@ -30,6 +30,9 @@ MODELS = Path(os.environ.get("MLOS_THREADS_MODELS", "/tmp/mlos-thread-models"))
 PORT, GRPC_PORT = 18080, 18081
 URL = f"127.0.0.1:{PORT}"
 RESERVED = "1"
+
+# /proc must be procfs here: the host root is shared with multidevs=remap, or 9p gives the
+# host's /proc and /sys one inode and the guest's sysfs mount hides its procfs.
 LLAMA = "mlos.llama=1" in Path("/proc/cmdline").read_text().split()
 
 

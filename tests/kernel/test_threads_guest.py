@@ -51,8 +51,10 @@ def threads_guest(selftest_binaries: dict,
                f"mlos.repo={guest.REPO} mlos.reserved={RESERVED} "
                "mlos.modes_script=tests/kernel/guest_threads_check.py"
                + (" mlos.llama=1" if LLAMA else ""),
+        # multidevs=remap: without it 9p gives the host's /proc and /sys (two filesystems'
+        # root inodes) one qid, and the guest's sysfs mount covers its procfs as well.
         extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
-                    "readonly=on"])
+                    "readonly=on,multidevs=remap"])
     yield run
     shutil.rmtree(work, ignore_errors=True)
 
