@@ -33,7 +33,9 @@ NAME_MAX = 15
 @dataclass(frozen=True)
 class NativeThread:
     tid: int
-    start: int  # start time in clock ticks after boot (/proc/.../stat field 22)
+    #: Start time in clock ticks after boot (/proc/.../stat field 22); None when /proc
+    #: could not tell (not mounted, as in some chroots).
+    start: int | None
 
 
 def task_ids() -> set[int]:
@@ -64,6 +66,8 @@ def identify(tid: int) -> NativeThread | None:
 
 
 def alive(thread: NativeThread) -> bool:
+    if thread.start is None:  # no /proc to tell by: alive unless /proc says it is gone
+        return not TASKS.is_dir() or (TASKS / str(thread.tid)).is_dir()
     return start_time(thread.tid) == thread.start
 
 

@@ -82,9 +82,8 @@ class ThreadRegistry:
         """Register the calling thread. With `prefix` it is also given a unique name
         (prefix-tid), which native threads it starts inherit: how they are found later."""
         tid = threading.get_native_id()
-        thread = nt.identify(tid)
-        if thread is None:
-            return False
+        # Without /proc the thread is still registered; only its end goes unnoticed.
+        thread = nt.identify(tid) or nt.NativeThread(tid, None)
         name = None
         if prefix is not None:
             name = nt.unique_name(prefix, tid)

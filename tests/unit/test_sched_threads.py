@@ -88,6 +88,9 @@ def test_tid_reuse_is_not_mistaken_for_the_thread() -> None:
     assert me is not None and nt.alive(me)
     assert not nt.alive(nt.NativeThread(me.tid, me.start + 1))
     assert nt.identify(2**22 + 12345) is None
+    # Registered where /proc could not tell its start: alive while its task is listed.
+    assert nt.alive(nt.NativeThread(me.tid, None))
+    assert not nt.alive(nt.NativeThread(2**22 + 12345, None))
     assert nt.unique_name("mlos-load", 1234567) == "mlos-lo-1234567"  # 15 bytes
 
 
