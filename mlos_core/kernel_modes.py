@@ -7,8 +7,9 @@ and takes each feature the module offers and the configuration allows:
 - memory manager: a pinned pool; response tensors are written by ONNX Runtime (IO
   binding) straight into pool buffers that are reused from request to request, and
   Triton shared-memory regions may be mlos-ml buffers (see protocols/shm.py);
-- scheduler: the inference threads are registered latency-critical (SCHED_FIFO on the
-  reserved CPUs), the HTTP event-loop thread throughput;
+- scheduler: the inference threads, and the native threads ONNX Runtime and llama.cpp
+  start for them, are registered latency-critical (SCHED_FIFO on the reserved CPUs); the
+  HTTP, gRPC and helper threads throughput (see thread_registry.py, native_threads.py);
 - GPU manager: models whose config asks for a GPU get a lease that picks the device and
   the memory limit given to the backend.
 
