@@ -4,9 +4,11 @@ and routers. State lives on the app (app.state.dataplane); there are no module g
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -63,8 +65,12 @@ def create_app(settings: Settings, plane: DataPlane | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The event loop's thread serves HTTP: throughput class under the mlos_ml scheduler
-        # (inference threads register themselves as latency-critical when they start).
+        # (inference threads register themselves as latency-critical when they start), and
+        # so are the asyncio helper threads (model loads and unloads, embeddings).
         plane.kernel.register_thread(latency=False)
+        if plane.kernel.threads is not None:
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
+                thread_name_prefix="mlos-aux", initializer=plane.kernel.service_thread_started))
         yield
         plane.close()
 

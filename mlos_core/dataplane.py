@@ -223,7 +223,10 @@ class DataPlane:
                 if lease:
                     config["gpu_lease"] = lease
                 try:
-                    backend.load()
+                    # Native threads the load starts (ONNX Runtime's intra-op pool) are
+                    # registered with the scheduler for this backend until it unloads.
+                    with self.kernel.model_load(id(backend), model.name):
+                        backend.load()
                 except MLOSError:
                     self.kernel.release_model(id(backend))
                     raise
@@ -474,6 +477,7 @@ class DataPlane:
             results = backend.infer(arrays, names)
         compute_done = time.perf_counter()
         key = id(backend)
+        self.kernel.computed(key, request.model)  # first run here: adopt its native threads
         previous = self._compute_ewma.get(key)
         # Clipped, so one preempted run on a busy machine does not flip a tiny model to
         # the pool; a model that is really slow still crosses the threshold in a few runs.

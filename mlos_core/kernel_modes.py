@@ -9,8 +9,9 @@ and takes each feature the module offers and the configuration allows:
   (IO binding) straight into them, reused from request to request; Triton shared-memory
   regions may be mlos-ml buffers (see protocols/shm.py). Without it, request bodies go to
   a host pool of the same shape (pools.HostPool), so they are pooled in every mode;
-- scheduler: the inference threads are registered latency-critical (SCHED_FIFO on the
-  reserved CPUs), the HTTP event-loop thread throughput;
+- scheduler: the inference threads, and the native threads ONNX Runtime and llama.cpp
+  start for them, are registered latency-critical (SCHED_FIFO on the reserved CPUs); the
+  HTTP, gRPC and helper threads throughput (see thread_registry.py, native_threads.py);
 - GPU manager: models whose config asks for a GPU get a lease that picks the device and
   the memory limit given to the backend.
 
@@ -25,14 +26,16 @@ import contextlib
 import logging
 import platform
 import threading
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from . import mlos_ml
+from . import mlos_ml, native_threads
 from .pools import REQUEST, BufferPool, HostPool
 from .pools import TensorPool as TensorPool
 from .runtime_mode import USERSPACE, RuntimeMode
+from .thread_registry import LATENCY, THROUGHPUT, ThreadRegistry
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +128,7 @@ class KernelModes:
         # manager is in use, else here (nothing is allocated until a request needs it).
         self.host_pool: HostPool | None = HostPool(pool_mb << 20) if pool_mb > 0 else None
         self._lock = threading.Lock()
-        self._threads: dict[int, str] = {}  # tid -> class name
-        self.register_failures = 0
+        self.threads: ThreadRegistry | None = None  # the scheduler in use
         self.gpus: list[dict[str, Any]] = []
         self.placements: dict[int, GpuPlacement] = {}
         self.fallbacks: dict[str, int] = {}
@@ -159,6 +161,7 @@ class KernelModes:
         if offered[SCHEDULER] and SCHEDULER in self.wanted:
             self.features[SCHEDULER] = Feature(True, None, {
                 "reserved_cpus": self.reserved_cpus or params.get("reserved_cpus") or None})
+            self.threads = ThreadRegistry(self.device, self.reserved_cpus)
         if offered[GPU] and GPU in self.wanted:
             self._start_gpu()
         in_use = [n for n, f in self.features.items() if f.in_use]
@@ -212,36 +215,62 @@ class KernelModes:
             self.pool.close()
             self.pool = None
         if self.device is not None:
+            self.threads = None
             self.device.close()  # restores every registered thread, ends every lease
             self.device = None
 
     # ---- scheduler ---------------------------------------------------------------------
-    def register_thread(self, latency: bool) -> None:
+    # Thread names given here (prefix-tid) let the native threads a thread starts be told
+    # apart later (see native_threads); without the scheduler nothing is named.
+    def register_thread(self, latency: bool, prefix: str | None = None) -> None:
         """Register the calling thread (latency-critical or throughput). Never raises."""
-        device = self.device
-        if device is None or not self.features[SCHEDULER].in_use:
-            return
-        tid = threading.get_native_id()
-        klass = mlos_ml.ThreadClass.LATENCY if latency else mlos_ml.ThreadClass.THROUGHPUT
-        try:
-            device.register_thread(klass, cpus=self.reserved_cpus if latency else None)
-        except mlos_ml.BusyError:
-            return  # already registered (a restarted loop on the same thread)
-        except (mlos_ml.MlosMlError, ValueError) as exc:
-            with self._lock:
-                self.register_failures += 1
-                first = self.register_failures == 1
-            if first:
-                log.warning("mlos_ml: cannot register thread %d as %s: %s", tid,
-                            klass.name.lower(), exc)
-            self.features[SCHEDULER].detail["last_error"] = str(exc)
-            return
-        with self._lock:
-            self._threads[tid] = klass.name.lower()
+        if self.threads is not None:
+            self.threads.register_current(LATENCY if latency else THROUGHPUT, prefix)
 
     def inference_thread_started(self) -> None:
-        """ThreadPoolExecutor initializer of the inference threads."""
-        self.register_thread(latency=True)
+        """ThreadPoolExecutor initializer of the data plane's inference threads."""
+        self.register_thread(latency=True, prefix="inf")
+
+    def service_thread_started(self, prefix: str = "aux") -> None:
+        """Initializer of the threads that serve requests or housekeeping (the gRPC
+        server's workers, the asyncio helper threads that load models): throughput."""
+        self.register_thread(latency=False, prefix=prefix)
+
+    @contextlib.contextmanager
+    def model_load(self, key: Hashable, model: str) -> Iterator[None]:
+        """Around a backend's load(): the native threads it starts and keeps (ONNX
+        Runtime's intra-op pool) are registered latency-critical for this model, named
+        after it, and dropped by release_model(key)."""
+        if self.threads is None:
+            yield
+            return
+        with native_threads.spawn_scope() as started:
+            yield
+        if started:
+            n = self.threads.adopt(started, LATENCY, model, owner=key, name=model)
+            log.info("mlos_ml: %d native thread(s) of model %s registered latency-critical",
+                     n, model)
+
+    def computed(self, key: Hashable, model: str) -> None:
+        """Called by a thread after running a model: the first time per thread and model,
+        the native threads the run started (llama.cpp's OpenMP team) join its class."""
+        if self.threads is not None:
+            self.threads.adopt_started(key, model)
+
+    @contextlib.contextmanager
+    def compute_thread(self, model: str, prefix: str = "llm") -> Iterator[Callable[[], int]]:
+        """A thread started for one piece of compute (an LLM generation): registered
+        latency-critical for the block, with the native threads it starts (call the
+        yielded function after the first compute step); all dropped at the end."""
+        registry = self.threads
+        if registry is None:
+            yield lambda: 0
+            return
+        registry.register_current(LATENCY, prefix)
+        try:
+            yield lambda: registry.adopt_started(model, model)
+        finally:
+            registry.release_owner(threading.get_native_id())
 
     # ---- GPU ---------------------------------------------------------------------------
     def place_model(self, key: int, model: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -268,6 +297,8 @@ class KernelModes:
         return placement.config()
 
     def release_model(self, key: int) -> None:
+        if self.threads is not None:
+            self.threads.release_owner(key)
         with self._lock:
             placement = self.placements.pop(key, None)
         if placement is None or placement.lease is None or self.device is None:
@@ -292,13 +323,8 @@ class KernelModes:
         features = {name: f.to_dict() for name, f in self.features.items()}
         if self.pool is not None:
             features[MEMORY].update(self.pool.stats())
-        if self.features[SCHEDULER].in_use:
-            with self._lock:
-                threads = dict(self._threads)
-            features[SCHEDULER]["threads"] = {
-                klass: sum(1 for c in threads.values() if c == klass)
-                for klass in ("latency", "throughput")}
-            features[SCHEDULER]["register_failures"] = self.register_failures
+        if self.threads is not None:
+            features[SCHEDULER].update(self.threads.health())
         if self.features[GPU].in_use or self.placements:
             with self._lock:
                 placements = list(self.placements.values())
@@ -322,24 +348,32 @@ class KernelModes:
         return {"pooled": True, "pool": pool.kind, **pool.purpose_stats(REQUEST),
                 "fallbacks": fallbacks, "held_bytes": stats["in_use_bytes"] + stats["idle_bytes"]}
 
-    def thread_figures(self) -> dict[str, dict[str, int]]:
-        """Per class: registered threads, and their preemptions/voluntary switches."""
-        device = self.device
-        out: dict[str, dict[str, int]] = {}
-        if device is None:
-            return out
-        with self._lock:
-            threads = dict(self._threads)
-        for tid, klass in threads.items():
-            row = out.setdefault(klass, {"threads": 0, "preemptions": 0, "voluntary": 0})
-            try:
-                stats = device.thread_stats(tid)
-            except mlos_ml.MlosMlError:
-                continue  # the thread has exited
-            row["threads"] += 1
-            row["preemptions"] += stats.preemptions
-            row["voluntary"] += stats.voluntary
-        return out
+    @staticmethod
+    def _sched_metrics(registry: ThreadRegistry) -> list[str]:
+        per_class, per_model = registry.figures()
+        lines: list[str] = []
+        for metric, key, kind, help_text in (
+            ("mlos_sched_threads", "threads", "gauge", "Threads registered, by class."),
+            ("mlos_sched_preemptions_total", "preemptions", "counter",
+             "Involuntary context switches of registered threads."),
+            ("mlos_sched_voluntary_switches_total", "voluntary", "counter",
+             "Voluntary context switches of registered threads."),
+        ):
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+            for klass in (LATENCY, THROUGHPUT):
+                row = per_class.get(klass, {})
+                lines.append(f'{metric}{{class="{klass}"}} {row.get(key, 0)}')
+        lines += ["# HELP mlos_sched_model_threads Native threads (ONNX Runtime's intra-op "
+                  "pool, llama.cpp's OpenMP team) registered for a model, by class.",
+                  "# TYPE mlos_sched_model_threads gauge"]
+        for (model, klass), n in sorted(per_model.items()):
+            lines.append(f'mlos_sched_model_threads{{model="{model}",class="{klass}"}} {n}')
+        lines += ["# HELP mlos_sched_threads_ended_total Registrations dropped because "
+                  "their thread exited.", "# TYPE mlos_sched_threads_ended_total counter",
+                  f"mlos_sched_threads_ended_total {registry.ended}",
+                  "# TYPE mlos_sched_register_failures_total counter",
+                  f"mlos_sched_register_failures_total {registry.failures}"]
+        return lines
 
     def render_metrics(self) -> str:
         lines: list[str] = [
@@ -372,20 +406,8 @@ class KernelModes:
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
                           f"{name} {stats[key]}"]
         lines += self._request_buffer_metrics()
-        if self.features[SCHEDULER].in_use:
-            figures = self.thread_figures()
-            for metric, key, kind, help_text in (
-                ("mlos_sched_threads", "threads", "gauge", "Threads registered, by class."),
-                ("mlos_sched_preemptions_total", "preemptions", "counter",
-                 "Involuntary context switches of registered threads."),
-                ("mlos_sched_voluntary_switches_total", "voluntary", "counter",
-                 "Voluntary context switches of registered threads."),
-            ):
-                lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
-                for klass, row in sorted(figures.items()):
-                    lines.append(f'{metric}{{class="{klass}"}} {row[key]}')
-            lines += ["# TYPE mlos_sched_register_failures_total counter",
-                      f"mlos_sched_register_failures_total {self.register_failures}"]
+        if self.threads is not None:
+            lines += self._sched_metrics(self.threads)
         if self.features[GPU].in_use:
             with self._lock:
                 placements = list(self.placements.values())

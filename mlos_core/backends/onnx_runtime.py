@@ -7,6 +7,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+# Imported with the plugin, not in load(): initialising ONNX Runtime starts a process-wide
+# thread of its own, which must not pass for a model's intra-op thread (the scheduler
+# registers the threads a load starts for that model; see mlos_core/native_threads.py).
+import onnxruntime as ort
+
 from ..errors import InvalidInputError, ModelLoadError, ModelNotReadyError
 from ..tensors import DTYPES
 from .base import Backend, ModelSource, TensorSpec
@@ -52,8 +57,6 @@ class OnnxRuntimeBackend(Backend):
         self._outputs: list[TensorSpec] = []
 
     def load(self) -> None:
-        import onnxruntime as ort
-
         file = self.source.model_file or next(self.source.path.glob("*.onnx"), None)
         if file is None:
             raise ModelLoadError(f"{self.source.path}: no .onnx file")

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -135,6 +136,14 @@ def error_response(exc: MLOSError) -> JSONResponse:
 
 # ---- streaming ----------------------------------------------------------------------------
 _END = object()
+#: Where a generation's worker thread runs: a context manager (the service's is
+#: KernelModes.compute_thread, which registers it with the mlos_ml scheduler) that yields
+#: a function to call once the first chunk is out.
+ThreadScope = Callable[[], AbstractContextManager[Callable[[], Any] | None]]
+
+
+def _no_scope() -> AbstractContextManager[Callable[[], Any] | None]:
+    return contextlib.nullcontext(None)
 
 
 class Pump:
@@ -149,6 +158,7 @@ class Pump:
         stream: TextStream,
         request: Request | None = None,
         on_done: Callable[[], None] | None = None,
+        thread_scope: ThreadScope | None = None,
     ) -> None:
         self.stream = stream
         loop = asyncio.get_running_loop()
@@ -160,8 +170,14 @@ class Pump:
 
         def run() -> None:
             try:
-                for chunk in stream:
-                    put(chunk)
+                scope = thread_scope() if thread_scope is not None else _no_scope()
+                with scope as first_step_done:
+                    for chunk in stream:
+                        if first_step_done is not None:
+                            # The backend's native threads for this thread exist now.
+                            first_step_done()
+                            first_step_done = None
+                        put(chunk)
             except BaseException as exc:  # handed to the event loop, raised there
                 put(exc)
             finally:
@@ -238,10 +254,13 @@ class _Call:
     """One generation request in flight: its stream, clock and metrics."""
 
     def __init__(
-        self, metrics: LLMMetrics, model: str, endpoint: str, stream: TextStream, t0: float
+        self, metrics: LLMMetrics, model: str, endpoint: str, stream: TextStream, t0: float,
+        compute_thread: Callable[[str], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.metrics, self.model, self.endpoint = metrics, model, endpoint
         self.stream, self.t0 = stream, t0
+        self.thread_scope: ThreadScope | None = (
+            None if compute_thread is None else lambda: compute_thread(model))
 
     def finish(self) -> None:
         r = self.stream.result
@@ -270,12 +289,13 @@ async def start_text(
     gen = models.text_model(model)
     tokens = prompt if isinstance(prompt, list) else gen.tokenize(prompt)
     _check_context(gen, tokens, params.max_tokens, "messages" if endpoint == "chat" else "prompt")
-    return _Call(metrics, model, endpoint, gen.start(tokens, params), t0)
+    return _Call(metrics, model, endpoint, gen.start(tokens, params), t0,
+                 getattr(models, "compute_thread", None))
 
 
 async def complete_text(call: _Call, request: Request | None = None) -> str:
     """Run a call to the end and return its text."""
-    pump = Pump(call.stream, request, call.finish)
+    pump = Pump(call.stream, request, call.finish, call.thread_scope)
     return "".join([chunk async for chunk in pump.chunks()])
 
 
@@ -337,7 +357,7 @@ def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
             return payload
 
         if body.stream:
-            pump = Pump(call.stream, request, call.finish)
+            pump = Pump(call.stream, request, call.finish, call.thread_scope)
 
             async def events() -> AsyncIterator[bytes]:
                 async for text in pump.chunks():
@@ -380,7 +400,7 @@ def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
             return payload
 
         if body.stream:
-            pump = Pump(call.stream, request, call.finish)
+            pump = Pump(call.stream, request, call.finish, call.thread_scope)
 
             async def events() -> AsyncIterator[bytes]:
                 yield _sse(chunk({"role": "assistant", "content": ""}, None))
@@ -438,6 +458,8 @@ class DataPlaneModels:
 
     def __init__(self, plane: Any) -> None:
         self.plane = plane
+        # Generation threads run under the mlos_ml scheduler when it is in use.
+        self.compute_thread = plane.kernel.compute_thread
 
     def text_models(self) -> list[ModelCard]:
         cards = []
@@ -498,7 +520,8 @@ async def mlos_text_inference(
     if not isinstance(backend, TextGenerator):
         raise UnsupportedError(f"model '{model_id}' does not generate text; send 'inputs'")
     call = await start_text(
-        _OneModel(backend), llm_metrics(plane), model_id, "mlos", body.prompt,
+        _OneModel(backend, plane.kernel.compute_thread), llm_metrics(plane), model_id, "mlos",
+        body.prompt,
         body.params(body.max_tokens), t0,
     )
     text = await complete_text(call, request)
@@ -513,8 +536,9 @@ async def mlos_text_inference(
 
 
 class _OneModel(StaticModels):
-    def __init__(self, backend: TextGenerator) -> None:
+    def __init__(self, backend: TextGenerator, compute_thread: Any = None) -> None:
         self.backend = backend
+        self.compute_thread = compute_thread
 
     def text_model(self, name: str) -> TextGenerator:
         return self.backend

@@ -247,7 +247,9 @@ def start_grpc_server(plane: DataPlane, host: str, port: int) -> tuple[grpc.Serv
     limit = settings.max_request_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=settings.max_concurrency + 4, thread_name_prefix="mlos-grpc"
+            max_workers=settings.max_concurrency + 4, thread_name_prefix="mlos-grpc",
+            # Request-serving threads: throughput class under the mlos_ml scheduler.
+            initializer=plane.kernel.service_thread_started, initargs=("grpc",),
         ),
         options=[
             ("grpc.max_receive_message_length", limit),
