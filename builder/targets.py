@@ -8,6 +8,8 @@ Ignition config) is the other planned implementation of the same contract.
 from __future__ import annotations
 
 import abc
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
@@ -16,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,21 @@ def check_mirror(url: str, suite: str) -> None:
                          hint="check the network or pass --mirror URL") from exc
 
 
+@contextlib.contextmanager
+def cache_lock(cache_dir: Path, progress: Progress) -> Iterator[None]:
+    """One build per cache directory at a time: two mkosi runs sharing a package cache
+    rewrite each other's apt metadata (seen as "Unable to locate package base-files")."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".mlos-build.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another mlos-build using {cache_dir} (builds that should "
+                     "run side by side need separate --cache-dir)")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def pinned_llm_requirement(wheel: Path) -> str:
     """The llama-cpp-python requirement of the MLOS wheel's `llm` extra, which must pin one
     version: images compile that version once per release and reuse the wheel."""
@@ -169,7 +187,20 @@ class MkosiDiskTarget(Target):
         mkosi_out = work / "out"
         log = output_dir / f"{spec.name}.build.log"
         log.unlink(missing_ok=True)
-        self.progress(f"running mkosi (full log: {log})")
+        with cache_lock(spec.cache_dir, self.progress):
+            self.progress(f"running mkosi (full log: {log})")
+            self._mkosi(project, mkosi_out, log)
+        image = output_dir / f"{spec.name}.raw"
+        shutil.move(mkosi_out / f"{spec.name}.raw", image)
+        manifest = output_dir / f"{spec.name}.manifest.json"
+        manifest.write_text(json.dumps(self.manifest(mkosi_out), indent=2) + "\n")
+        checksums = output_dir / "SHA256SUMS"
+        update_checksums(checksums, [image, manifest])
+        shutil.rmtree(work)
+        return BuildResult(image, manifest, checksums, time.monotonic() - start)
+
+    def _mkosi(self, project: Path, mkosi_out: Path, log: Path) -> None:
+        spec = self.spec
         run(
             ["mkosi", "--directory", project,
              "--output-dir", mkosi_out,
@@ -185,14 +216,6 @@ class MkosiDiskTarget(Target):
             show=lambda line: line.startswith("‣"),
             log_file=log,
         )
-        image = output_dir / f"{spec.name}.raw"
-        shutil.move(mkosi_out / f"{spec.name}.raw", image)
-        manifest = output_dir / f"{spec.name}.manifest.json"
-        manifest.write_text(json.dumps(self.manifest(mkosi_out), indent=2) + "\n")
-        checksums = output_dir / "SHA256SUMS"
-        update_checksums(checksums, [image, manifest])
-        shutil.rmtree(work)
-        return BuildResult(image, manifest, checksums, time.monotonic() - start)
 
     def manifest(self, mkosi_out: Path) -> dict[str, Any]:
         spec = self.spec

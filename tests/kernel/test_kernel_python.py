@@ -36,7 +36,7 @@ def python_guest(selftest_binaries: dict,
                f"mlos.pymodes={','.join(PY_MODES)} "
                f"mlos.repo={guest.REPO}",
         extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
-                    "readonly=on"])
+                    "readonly=on,multidevs=remap"])
     yield run
     shutil.rmtree(work, ignore_errors=True)
 

@@ -42,7 +42,7 @@ def modes_guest(selftest_binaries: dict,
         append=f"mlos.modes={','.join(MODES)} mlos.gpus=1 mlos.fuzz=0 mlos.extra=1 "
                f"mlos.repo={guest.REPO}",
         extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
-                    "readonly=on"])
+                    "readonly=on,multidevs=remap"])
     yield run
     shutil.rmtree(work, ignore_errors=True)
 

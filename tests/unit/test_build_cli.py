@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import select
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from mlos_build import cli
 from mlos_build.errors import BuildError
 from mlos_build.runner import require_tools, run
 from mlos_build.targets import (
+    cache_lock,
     check_free_space,
     check_mirror,
     pinned_llm_requirement,
@@ -247,3 +249,24 @@ def test_the_llm_requirement_is_read_from_the_mlos_wheel(tmp_path: Path) -> None
     with pytest.raises(BuildError, match="does not pin") as exc:
         pinned_llm_requirement(unpinned)
     assert "--without-llm" in (exc.value.hint or "")
+
+
+def test_builds_sharing_a_cache_take_turns(tmp_path: Path) -> None:
+    # Another process holds the cache for a second; this build waits and says why.
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX);"
+         " print('locked', flush=True); time.sleep(1); print('releasing', flush=True)",
+         str(tmp_path / ".mlos-build.lock")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    said: list[str] = []
+    with cache_lock(tmp_path, said.append):
+        # The holder said it was releasing before this got the lock.
+        assert select.select([holder.stdout], [], [], 0)[0]
+        assert holder.stdout.readline().strip() == "releasing"
+    holder.wait()
+    assert len(said) == 1 and "waiting for another mlos-build" in said[0]
+    with cache_lock(tmp_path, said.append):  # free now: no wait, nothing said
+        pass
+    assert len(said) == 1
