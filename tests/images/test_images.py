@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Full image builds booted under QEMU (marked `images`; about 15-20 min cold under TCG).
+"""Full image builds booted under QEMU (marked `images`; 25-30 min cold under TCG: llama.cpp
+compiles once per release, then its wheel is cached).
 
 CI builds and smoke-tests the two images the project promises: Ubuntu noble with the
 full module, and Debian bookworm userspace. The in-guest check reports its verdict to the
