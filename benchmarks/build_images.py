@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import shutil
@@ -149,8 +150,20 @@ def main() -> None:
         "|---|---|---|",
         *[f"| {m} | {rows['plain mkosi'].get(m, '-')} | {rows['MLOS'][m]} |" for m in metrics],
         "",
+        f"Load average at the end: {os.getloadavg()[0]:.1f} (boots and builds are CPU bound: "
+        "compare rows of one run, and rerun on a busy machine).",
+        "",
+        "What the MLOS image adds: " + (
+            "llama-cpp-python (the cold build compiles llama.cpp once; warm builds reuse the "
+            "cached wheel), " if spec.with_llm else "") + "MLOS Core's venv (onnxruntime, numpy, "
+        "grpcio, FastAPI) and python3" + (
+            ", the mlos-ml build and DKMS with the kernel headers and compiler (kept so kernel "
+            "upgrades rebuild the module)" if spec.variant.module else "") + ".",
+        "",
         "Reproduce: `.venv/bin/python benchmarks/build_images.py --distribution "
-        f"{args.distribution} --variant {args.variant}` (about 20 minutes on 2 cores, TCG).",
+        f"{args.distribution} --variant {args.variant}"
+        + ("" if spec.with_llm else " --without-llm")
+        + "` (10-20 minutes on 2 cores, TCG).",
         "",
     ]
     DOC.write_text("\n".join(lines))
