@@ -4,7 +4,8 @@
 # extra (the benchmark's baseline) and the gemma3-270m model package used by the tests.
 # The version pinned by the `llm` extra in pyproject.toml (one place to bump it).
 LLAMA_CPP_PYTHON="$(sed -n 's/^llm = \["\(llama-cpp-python==[^"]*\)"\]$/\1/p' "$REPO_ROOT/pyproject.toml")"
-[ -n "$LLAMA_CPP_PYTHON" ] || die "no llama-cpp-python pin in pyproject.toml" "the llm extra must read llm = [\"llama-cpp-python==X.Y.Z\"]"
+[ -n "$LLAMA_CPP_PYTHON" ] || die "no llama-cpp-python pin in pyproject.toml" \
+    "the llm extra must read llm = [\"llama-cpp-python==X.Y.Z\"]"
 LLM_WHEELS="${MLOS_WHEEL_CACHE:-$HOME/.cache/mlos/wheels}"
 llm_stamp="$VENV/.mlos-llm-installed"
 if [ ! -f "$llm_stamp" ] || [ "$REPO_ROOT/scripts/setup.d/50-llm.sh" -nt "$llm_stamp" ] \
