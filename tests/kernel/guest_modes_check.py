@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from guest_service import emit, module_stats, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path("/tmp/mlos-models")
@@ -58,13 +59,6 @@ def metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(match.group(1)) if match else -1.0
 
-
-def module_stats() -> dict[str, int]:
-    out = {}
-    for line in Path("/sys/class/misc/mlos-ml/stats").read_text().splitlines():
-        key, _, value = line.partition(" ")
-        out[key] = int(value)
-    return out
 
 
 def infer(client: Any, model: str, n: int) -> bool:
@@ -162,17 +156,10 @@ def main() -> int:
         result["error"] = f"{exc!r} {message() if callable(message) else ''}"
         result["traceback"] = traceback.format_exc()[-1500:]
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        stop_server(server, log)
     result["module_stats_after"] = module_stats()
     result["serve_log"] = Path(f"/tmp/serve-{mode}.log").read_text()[-3000:]
-    print(f"MLOS-MODES-JSON {mode} {json.dumps(result, separators=(',', ':'))}", flush=True)
-    return 0 if "error" not in result else 1
+    return emit(mode, result)
 
 
 if __name__ == "__main__":

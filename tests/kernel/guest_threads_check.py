@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from guest_service import emit, module_stats, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("MLOS_THREADS_MODELS", "/tmp/mlos-thread-models"))
@@ -99,16 +100,6 @@ def threads(pid: int) -> list[dict[str, Any]]:
                     "cpus": cpus.group(1) if cpus else "?"})
     return out
 
-
-def module_stats() -> dict[str, int]:
-    out: dict[str, int] = {}
-    stats = Path("/sys/class/misc/mlos-ml/stats")
-    if not stats.exists():  # a dry run on a host without the module
-        return out
-    for line in stats.read_text().splitlines():
-        key, _, value = line.partition(" ")
-        out[key] = int(value)
-    return out
 
 
 def infer_double(n: int = 4096) -> bool:
@@ -211,18 +202,11 @@ def main() -> int:
         result["error"] = repr(exc)
         result["traceback"] = traceback.format_exc()[-1500:]
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        stop_server(server, log)
     result["returncode"] = server.returncode  # -4: SIGILL
     result["module_after"] = module_stats()
     result["serve_log"] = log_path.read_text()[-4000:]
-    print(f"MLOS-MODES-JSON {mode} {json.dumps(result, separators=(',', ':'))}", flush=True)
-    return 0 if "error" not in result else 1
+    return emit(mode, result)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Shared by the `kernel` pytest layer and the kernel benchmarks. Guest kernels com
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_SRC = REPO / "kernel"
@@ -228,6 +230,41 @@ def run_guest(kernel: Path, initrd: Path, append: str = "", devices: Iterable[st
         name = f"{kernel.name}-{int(time.time())}.log"
         (Path(log_dir) / name).write_text(out)
     return GuestRun(output=out, seconds=time.monotonic() - start, returncode=rc)
+
+
+def run_host_root_guest(work: Path, selftest_binaries: Mapping[str, Path], extra_script: Path,
+                        append: str, timeout: float, devices: Iterable[str] = ()) -> GuestRun:
+    """Boot the newest guest kernel with the module built for it, the selftests and
+    extra_script (/extra.sh), and this host's root shared read-only over 9p (the guest
+    chroots into it to run the repository's venv). multidevs=remap: without it 9p gives the
+    host's /proc and /sys (two filesystems' root inodes) one qid, and the guest's sysfs
+    mount covers its procfs as well."""
+    kernels = guest_kernels()
+    if not kernels:
+        raise RuntimeError("no guest kernels: run ./scripts/setup.sh")
+    abi = kernels[-1]
+    build = build_module(headers_dir(abi), work)
+    files = {"/mlos_ml.ko": build.ko, "/extra.sh": extra_script,
+             **{f"/{k}": v for k, v in selftest_binaries.items()},
+             **dict(module_closure(abi, NINEP_MODULES))}
+    return run_guest(
+        kernel_image(abi), make_initramfs(work, files), memory_mb=1536, timeout=timeout,
+        devices=devices, append=f"{append} mlos.repo={REPO}",
+        extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
+                    "readonly=on,multidevs=remap"])
+
+
+def modes_report(run: GuestRun, mode: str) -> dict[str, Any]:
+    """The MLOS-MODES-JSON result a guest check script printed for mode; without one, an
+    AssertionError with the script's log lines and the console's end."""
+    for line in run.output.splitlines():
+        at = line.find("MLOS-MODES-JSON ")
+        if at >= 0:
+            _, got, body = line[at:].split(" ", 2)
+            if got == mode:
+                return json.loads(body)  # type: ignore[no-any-return]
+    raise AssertionError(f"no result for {mode}: {run.prefixed('MLOS-MODESLOG', mode)} "
+                         f"{run.output[-3000:]}")
 
 
 def scratch_dir(prefix: str = "mlos-kernel-") -> Path:

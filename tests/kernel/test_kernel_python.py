@@ -20,23 +20,11 @@ PY_MODES = ("basic", "full")
 @pytest.fixture(scope="module")
 def python_guest(selftest_binaries: dict,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[guest.GuestRun]:
-    kernels = guest.guest_kernels()
-    if not kernels:
-        pytest.fail("no guest kernels: run ./scripts/setup.sh")
-    abi = kernels[-1]
     work = tmp_path_factory.mktemp("python-guest")
-    build = guest.build_module(guest.headers_dir(abi), work)
-    files = {"/mlos_ml.ko": build.ko, "/extra.sh": guest.HERE / "guest_python.sh",
-             **{f"/{k}": v for k, v in selftest_binaries.items()},
-             **dict(guest.module_closure(abi, guest.NINEP_MODULES))}
-    cpio = guest.make_initramfs(work, files)
-    run = guest.run_guest(
-        guest.kernel_image(abi), cpio, memory_mb=1536, timeout=800,
+    run = guest.run_host_root_guest(
+        work, selftest_binaries, guest.HERE / "guest_python.sh", timeout=800,
         append=f"mlos.modes={','.join(MODES)} mlos.gpus=-1 mlos.fuzz=0 mlos.extra=1 "
-               f"mlos.pymodes={','.join(PY_MODES)} "
-               f"mlos.repo={guest.REPO}",
-        extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
-                    "readonly=on,multidevs=remap"])
+               f"mlos.pymodes={','.join(PY_MODES)}")
     yield run
     shutil.rmtree(work, ignore_errors=True)
 

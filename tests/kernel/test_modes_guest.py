@@ -9,11 +9,9 @@ about a minute per mode."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Any
 
 import mlos_guest as guest
 import pytest
@@ -26,41 +24,18 @@ MODES = tuple(os.environ.get("MLOS_MODES", "basic,scheduler,full").split(","))
 @pytest.fixture(scope="module")
 def modes_guest(selftest_binaries: dict,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[guest.GuestRun]:
-    kernels = guest.guest_kernels()
-    if not kernels:
-        pytest.fail("no guest kernels: run ./scripts/setup.sh")
-    abi = kernels[-1]
     work = tmp_path_factory.mktemp("modes-guest")
-    build = guest.build_module(guest.headers_dir(abi), work)
-    files = {"/mlos_ml.ko": build.ko, "/extra.sh": guest.HERE / "guest_modes.sh",
-             **{f"/{k}": v for k, v in selftest_binaries.items()},
-             **dict(guest.module_closure(abi, guest.NINEP_MODULES))}
-    cpio = guest.make_initramfs(work, files)
     # One emulated display device: the GPU manager has a device to lease from.
-    run = guest.run_guest(
-        guest.kernel_image(abi), cpio, memory_mb=1536, timeout=1000, devices=["VGA"],
-        append=f"mlos.modes={','.join(MODES)} mlos.gpus=1 mlos.fuzz=0 mlos.extra=1 "
-               f"mlos.repo={guest.REPO}",
-        extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
-                    "readonly=on,multidevs=remap"])
+    run = guest.run_host_root_guest(
+        work, selftest_binaries, guest.HERE / "guest_modes.sh", timeout=1000, devices=["VGA"],
+        append=f"mlos.modes={','.join(MODES)} mlos.gpus=1 mlos.fuzz=0 mlos.extra=1")
     yield run
     shutil.rmtree(work, ignore_errors=True)
 
 
-def report(run: guest.GuestRun, mode: str) -> dict[str, Any]:
-    for line in run.output.splitlines():
-        at = line.find("MLOS-MODES-JSON ")
-        if at >= 0:
-            _, got, body = line[at:].split(" ", 2)
-            if got == mode:
-                return json.loads(body)  # type: ignore[no-any-return]
-    pytest.fail(f"no result for {mode}: {run.prefixed('MLOS-MODESLOG', mode)} "
-                f"{run.output[-3000:]}")
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_service_in_mode(modes_guest: guest.GuestRun, mode: str) -> None:
-    res = report(modes_guest, mode)
+    res = guest.modes_report(modes_guest, mode)
     assert "error" not in res, (res.get("error"), res.get("traceback"), res.get("serve_log"))
     health = res["health"]
     assert health["runtime_mode"] == f"kernel_{mode}"

@@ -15,7 +15,6 @@ the same adoption with real llama.cpp on the host."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -35,39 +34,15 @@ LAT = 'mlos_sched_threads{class="latency"}'
 @pytest.fixture(scope="module")
 def threads_guest(selftest_binaries: dict,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[guest.GuestRun]:
-    kernels = guest.guest_kernels()
-    if not kernels:
-        pytest.fail("no guest kernels: run ./scripts/setup.sh")
-    abi = kernels[-1]
     work = tmp_path_factory.mktemp("threads-guest")
-    build = guest.build_module(guest.headers_dir(abi), work)
-    files = {"/mlos_ml.ko": build.ko, "/extra.sh": guest.HERE / "guest_modes.sh",
-             **{f"/{k}": v for k, v in selftest_binaries.items()},
-             **dict(guest.module_closure(abi, guest.NINEP_MODULES))}
-    cpio = guest.make_initramfs(work, files)
-    run = guest.run_guest(
-        guest.kernel_image(abi), cpio, memory_mb=1536, timeout=1400,
+    run = guest.run_host_root_guest(
+        work, selftest_binaries, guest.HERE / "guest_modes.sh", timeout=1400,
         append=f"mlos.modes={','.join(MODES)} mlos.gpus=0 mlos.fuzz=0 mlos.extra=1 "
-               f"mlos.repo={guest.REPO} mlos.reserved={RESERVED} "
+               f"mlos.reserved={RESERVED} "
                "mlos.modes_script=tests/kernel/guest_threads_check.py"
-               + (" mlos.llama=1" if LLAMA else ""),
-        # multidevs=remap: without it 9p gives the host's /proc and /sys (two filesystems'
-        # root inodes) one qid, and the guest's sysfs mount covers its procfs as well.
-        extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
-                    "readonly=on,multidevs=remap"])
+               + (" mlos.llama=1" if LLAMA else ""))
     yield run
     shutil.rmtree(work, ignore_errors=True)
-
-
-def report(run: guest.GuestRun, mode: str) -> dict[str, Any]:
-    for line in run.output.splitlines():
-        at = line.find("MLOS-MODES-JSON ")
-        if at >= 0:
-            _, got, body = line[at:].split(" ", 2)
-            if got == mode:
-                return json.loads(body)  # type: ignore[no-any-return]
-    pytest.fail(f"no result for {mode}: {run.prefixed('MLOS-MODESLOG', mode)} "
-                f"{run.output[-3000:]}")
 
 
 def named(threads: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
@@ -76,7 +51,7 @@ def named(threads: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_native_threads_in_mode(threads_guest: guest.GuestRun, mode: str) -> None:
-    res = report(threads_guest, mode)
+    res = guest.modes_report(threads_guest, mode)
     log = res.get("serve_log")
     assert "error" not in res, (res.get("error"), res.get("returncode"), res.get("traceback"),
                                 log)
