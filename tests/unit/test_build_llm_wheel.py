@@ -6,7 +6,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from mlos_build.data import load_distribution
+from mlos_build.apt import load_distribution
 from mlos_build.llm_wheel import find_seed, seed_release_wheels
 
 VERSION = "0.3.36"
