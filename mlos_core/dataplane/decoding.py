@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
+import os
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +35,11 @@ T = TypeVar("T")
 #: microseconds) would cost more than the work. Larger ones, and every compressed one, go
 #: to the decode threads.
 OFFLOAD_BYTES = 64 * 1024
-#: Inflate output per step: the limit is checked between steps.
-_INFLATE_STEP = 1 << 20
+#: How much lower than the event loop the decode threads run (nice increment).
+DECODE_NICE = 10
+#: Inflate output per step: the limits are checked between steps, and the event loop's
+#: thread gets the GIL back between them.
+_INFLATE_STEP = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,11 @@ class TensorBudget:
                 )
 
 
-def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+def inflate(body: bytes, encoding: str | None, limit: int, max_values: int | None = None
+            ) -> bytes | bytearray:
     """A request body compressed by the client (tritonclient's request_compression_algorithm:
-    gzip or deflate), inflated no further than `limit` bytes."""
+    gzip or deflate), inflated no further than `limit` bytes; a body that is all JSON
+    (`max_values` given) stops as soon as it holds too many values to parse."""
     encoding = (encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
@@ -86,11 +94,16 @@ def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
     inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
     out = bytearray()
     pending = body
+    commas = 0
     try:
         while not inflater.eof:
             step = inflater.decompress(pending, _INFLATE_STEP)
             pending = inflater.unconsumed_tail
             out += step
+            if max_values is not None:
+                commas += step.count(b",")
+                if commas >= max_values:
+                    raise _too_many_values(commas + 1, max_values)
             if len(out) > limit:
                 raise PayloadTooLargeError(
                     f"the {encoding} body inflates past the {limit}-byte limit "
@@ -102,28 +115,41 @@ def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise InvalidInputError(f"corrupt {encoding} body: {exc}") from None
     if not inflater.eof:
         raise InvalidInputError(f"truncated {encoding} body")
-    return bytes(out)
+    return out  # no copy: json.loads and memoryview take a bytearray
 
 
 def parse_json(data: bytes | bytearray | memoryview | str, max_values: int) -> Any:
     """json.loads under the value bound; every malformed or too deep document is a 400."""
     if not data:
         return {}
-    raw = data.encode() if isinstance(data, str) else bytes(data)
+    raw = data.encode() if isinstance(data, str) else (
+        data if isinstance(data, (bytes, bytearray)) else bytes(data))  # noqa: UP038
     # Values in a JSON text are separated by commas (arrays, objects): commas + 1 bounds
     # them (commas inside strings only make the bound safer).
     values = raw.count(b",") + 1
     if values > max_values:
-        raise PayloadTooLargeError(
-            f"the JSON body holds up to {values} values, over the max_json_values limit of "
-            f"{max_values}; send large tensors in binary (binary_data, raw contents)"
-        )
+        raise _too_many_values(values, max_values)
     try:
         return json.loads(raw)
     except RecursionError:
         raise InvalidInputError("the JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _lower_priority() -> None:
+    """Decode threads yield the CPU to the event loop's thread (nice +10, this thread
+    only): a flood of heavy bodies slows their own decoding, not health checks and the
+    other requests. Any user may lower a thread's priority; failing that, it stays."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICE)
+
+
+def _too_many_values(values: int, max_values: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the JSON body holds {values} values or more, over the max_json_values limit of "
+        f"{max_values}; send large tensors in binary (binary_data, raw contents)"
+    )
 
 
 class Decoder:
@@ -134,7 +160,8 @@ class Decoder:
         # Few threads: decoding is bounded CPU work, and the number of bodies decoding at
         # once bounds the memory they take (docs/security.md).
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, min(4, settings.threads)), thread_name_prefix="mlos-decode"
+            max_workers=max(1, min(4, settings.threads)), thread_name_prefix="mlos-decode",
+            initializer=_lower_priority,
         )
 
     def budget(self) -> TensorBudget:
@@ -147,14 +174,18 @@ class Decoder:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args))
 
-    def inflate(self, body: bytes, encoding: str | None) -> bytes:
+    def inflate(self, body: bytes, encoding: str | None) -> bytes | bytearray:
         return inflate(body, encoding, self.limits.max_decoded_bytes)
 
     def parse_json(self, data: bytes | bytearray | memoryview | str) -> Any:
         return parse_json(data, self.limits.max_json_values)
 
+    def inflate_json(self, body: bytes, encoding: str | None) -> bytes | bytearray:
+        return inflate(body, encoding, self.limits.max_decoded_bytes,
+                       self.limits.max_json_values)
+
     def decode_json(self, body: bytes, encoding: str | None) -> Any:
-        return self.parse_json(self.inflate(body, encoding))
+        return self.parse_json(self.inflate_json(body, encoding))
 
     async def json(self, body: bytes, encoding: str | None = None) -> Any:
         """A JSON request body, inflated and parsed under the limits."""

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from ..errors import (
     InvalidInputError,
@@ -104,12 +105,18 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return JSONResponse({"error": "invalid request", "detail": _jsonable(exc.errors())}, 422)
 
+    async def gone(_request: Request, _exc: Exception) -> Response:
+        # The client went away or missed its body deadline (the server answered 408 and
+        # closed): nobody reads this.
+        return Response(status_code=499)
+
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.exception("unexpected error: %s", exc)
         return error_response(500, f"internal error: {type(exc).__name__}")
 
     app.add_exception_handler(MLOSError, domain)
     app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(ClientDisconnect, gone)
     app.add_exception_handler(Exception, unexpected)
 
 

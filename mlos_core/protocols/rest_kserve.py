@@ -241,7 +241,7 @@ def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Respo
     decoder = plane.decoder
 
     def decode(
-        header: bytes, binary: memoryview | None, model: str, version: str | None
+        header: bytes | bytearray, binary: memoryview | None, model: str, version: str | None
     ) -> tuple[InferRequest, bool]:
         doc = decoder.parse_json(header)
         return parse_infer_request(doc, binary, model, version, decoder.budget())
@@ -250,13 +250,13 @@ def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Respo
         body: bytes, encoding: str | None, header_value: str | None, model: str,
         version: str | None,
     ) -> tuple[InferRequest, bool]:
-        body = decoder.inflate(body, encoding)
         if header_value is None:
-            return decode(body, None, model, version)
+            return decode(decoder.inflate_json(body, encoding), None, model, version)
+        inflated = decoder.inflate(body, encoding)
         split = header_length(header_value)
-        if split > len(body):
+        if split > len(inflated):
             raise InvalidInputError("Inference-Header-Content-Length exceeds the body")
-        return decode(body[:split], memoryview(body)[split:], model, version)
+        return decode(inflated[:split], memoryview(inflated)[split:], model, version)
 
     async def parse(request: Request, model: str, version: str | None
                     ) -> tuple[InferRequest, bool]:
