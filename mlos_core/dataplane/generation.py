@@ -19,7 +19,7 @@ import dataclasses
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -172,7 +172,7 @@ class Generation:
             raise item
         return True
 
-    async def chunks(self) -> AsyncIterator[str]:
+    async def chunks(self) -> AsyncGenerator[str, None]:
         assert self._aqueue is not None
         try:
             while True:

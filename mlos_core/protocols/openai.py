@@ -88,8 +88,9 @@ def stream_events(
             if first is not None:
                 yield first
             try:
-                async for text in generation.chunks():
-                    yield frames(text)
+                async with contextlib.aclosing(generation.chunks()) as chunks:
+                    async for text in chunks:
+                        yield frames(text)
             except MLOSError as exc:
                 yield _sse(error_body(exc)[1])
             else:
