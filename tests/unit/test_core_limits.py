@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 from core_fixtures import *  # noqa: F403  (the fixtures)
 from core_fixtures import add_sleepy_model, make_settings
+from tritonclient.utils import InferenceServerException
 
 from mlos_core.dataplane import DataPlane, InferRequest, InputTensor
 
@@ -286,6 +288,14 @@ def test_bytes_element_limits(server_factory) -> None:  # type: ignore[no-untype
     answer = requests.post(url, data=header + binary, timeout=10,
                            headers={"Inference-Header-Content-Length": str(len(header))})
     assert answer.status_code == 400 and "more BYTES elements" in answer.json()["error"]
+    # The same limits over gRPC (tritonclient.grpc).
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    tensor = grpcclient.InferInput("x", [11], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"a"] * 11, dtype=object))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("double", [tensor])
+    assert "max_bytes_elements" in str(err.value)
+    assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
 
 
 def test_timed_out_request_gives_its_slot_back(with_plugin: Path, repo: Path,
