@@ -99,11 +99,18 @@ class TensorInference:
             "(request_timeout_s); send a smaller batch or raise the timeout"
         )
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    def _lookup(self, request: InferRequest) -> Backend:
         try:
-            backend = self.backend(request.model, request.version)
-            if isinstance(backend, TextGenerator):
-                return await self._infer_text(backend, request)  # type: ignore[attr-defined,no-any-return]
+            return self.backend(request.model, request.version)
+        except MLOSError as exc:
+            self.metrics.failure(request.model, request.protocol, type(exc).__name__)
+            raise
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        backend = self._lookup(request)
+        if isinstance(backend, TextGenerator):  # each prompt is a generation (own metrics)
+            return await self._infer_text(backend, request)  # type: ignore[attr-defined,no-any-return]
+        try:
             if self._inline(backend, request):
                 return self._run_inline(backend, request)
             future, slot = self._submit(request, backend)
@@ -119,10 +126,10 @@ class TensorInference:
 
     def infer_blocking(self, request: InferRequest) -> InferResponse:
         """For transports that run on their own threads (the gRPC server)."""
+        backend = self._lookup(request)
+        if isinstance(backend, TextGenerator):
+            return self._infer_text_blocking(backend, request)  # type: ignore[attr-defined,no-any-return]
         try:
-            backend = self.backend(request.model, request.version)
-            if isinstance(backend, TextGenerator):
-                return self._infer_text_blocking(backend, request)  # type: ignore[attr-defined,no-any-return]
             if self._inline(backend, request):
                 return self._run_inline(backend, request)
             future, slot = self._submit(request, backend)
