@@ -94,6 +94,14 @@ def _raise_nofile(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
+def _wait_accepted(pid: int, count: int) -> None:
+    """Until the server process holds `count` descriptors (the stalled connections)."""
+    deadline = time.monotonic() + 30
+    while len(os.listdir(f"/proc/{pid}/fd")) < count:
+        assert time.monotonic() < deadline, "the server did not accept the connections"
+        time.sleep(0.05)
+
+
 def _read_to_eof(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """What the server sends before it closes the connection (a timeout fails the test)."""
     sock.settimeout(timeout)
@@ -160,11 +168,7 @@ def test_bombs_and_slowloris_leave_health_fast_and_memory_bounded(served, tmp_pa
     # The health latency of this machine before the attack: on a loaded CI box it is not 0.
     quiet = _probe(base, 2.0)
     socks = _slowloris(port, SLOWLORIS)
-    # The attack is on once the server holds them all (accepted, parsing stalled).
-    deadline = time.monotonic() + 30
-    while len(os.listdir(f"/proc/{proc.pid}/fd")) < SLOWLORIS:
-        assert time.monotonic() < deadline, "the server did not accept the connections"
-        time.sleep(0.05)
+    _wait_accepted(proc.pid, SLOWLORIS)  # the attack is on: all held, parsing stalled
     baseline = _rss_mib(proc.pid)
     peak = [baseline]
     latencies: list[float] = []
@@ -208,7 +212,8 @@ def test_bombs_and_slowloris_leave_health_fast_and_memory_bounded(served, tmp_pa
 
 def test_sigterm_with_stalled_clients_exits_within_the_drain_bound(served) -> None:  # type: ignore[no-untyped-def]
     proc, port, _base = served
-    socks = _slowloris(port, 200)
+    socks = _slowloris(port, SLOWLORIS)
+    _wait_accepted(proc.pid, SLOWLORIS)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
