@@ -9,8 +9,9 @@ into, and that keeps CPU-heavy decoding off the event loop.
   lists; nesting deeper than the interpreter's recursion guard (about 1,000) is a 400.
 - Each tensor may hold at most max_tensor_elements elements, and the BYTES tensors of one
   request at most max_bytes_elements elements together (each element is a Python object).
-- Inflating, parsing and converting a body larger than OFFLOAD_BYTES runs on the decode
-  threads, so /v2/health/live and every other request keep being answered meanwhile.
+- Inflating, parsing and converting a body larger than OFFLOAD_BYTES (and encoding a
+  response that large) runs on the decode threads, so /v2/health/live and every other
+  request keep being answered meanwhile.
 """
 
 from __future__ import annotations

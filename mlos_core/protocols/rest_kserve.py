@@ -282,7 +282,9 @@ def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Respo
         infer_request, binary_default = await parse(
             request, params["model_name"], params.get("model_version"))
         response = await plane.infer(infer_request)
-        return encode_infer_response(response, binary_default)
+        # Encoding a large output (JSON above all) is CPU work too: off the loop.
+        size = sum(o.data.nbytes for o in response.outputs if o.data is not None)
+        return await decoder.run(size, False, encode_infer_response, response, binary_default)
 
     async def infer(request: Request) -> Response:
         try:

@@ -206,13 +206,19 @@ def create_router(plane: DataPlane) -> APIRouter:
 
         inputs = await plane.decoder.run(len(await request.body()), False, convert)
         result = await plane.infer(InferRequest(model_id, version, inputs, protocol="mlos"))
-        body = {
-            "model_id": result.model,
-            "version": result.version,
-            "outputs": {o.name: _nest(o.data) for o in result.outputs
-                        if o.data is not None},
-        }
-        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+        def encode() -> bytes:
+            body = {
+                "model_id": result.model,
+                "version": result.version,
+                "outputs": {o.name: _nest(o.data) for o in result.outputs
+                            if o.data is not None},
+            }
+            return json.dumps(body, separators=(",", ":")).encode()
+
+        size = sum(o.data.nbytes for o in result.outputs if o.data is not None)
+        return Response(await plane.decoder.run(size, False, encode),
+                        media_type="application/json")
 
     return router
 
