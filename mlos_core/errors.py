@@ -22,6 +22,15 @@ class InvalidInputError(MLOSError):
     """The request is malformed: wrong tensor name, shape, datatype, JSON, parameter."""
 
 
+class InvalidParamError(InvalidInputError):
+    """A bad request field: the OpenAI error body names it in `param` (and `code`)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
 class ModelLoadError(MLOSError):
     """A model file is missing, corrupt or in a format no installed backend serves."""
 

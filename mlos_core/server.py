@@ -2,8 +2,15 @@
 """Runs the REST (uvicorn) and gRPC servers together over one data plane.
 
 SIGTERM/SIGINT: the service reports not ready (/v2/health/ready 503, gRPC ServerReady
-false), refuses new inferences with 503/UNAVAILABLE, waits for in-flight requests (up to
-drain_timeout_s), then stops both servers.
+false), refuses new requests of every kind with 503/UNAVAILABLE, waits for in-flight
+requests, then stops both servers; all of it within drain_timeout_s (plus a second for
+the last connections to close), so a stalled client cannot hold the process past the
+unit's TimeoutStopSec.
+
+Connections are guarded in the HTTP protocol itself (GuardedHttp): at most
+max_connections open (more are answered 503 and closed at once, so descriptors never run
+out), header_timeout_s to send a request's headers and body_timeout_s to send its body
+(slowloris clients are cut off), keep_alive_timeout_s idle between requests.
 """
 
 from __future__ import annotations
@@ -11,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
@@ -33,6 +42,88 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+_408 = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+_503 = (b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n"
+        b"content-type: application/json\r\ncontent-length: 52\r\n\r\n"
+        b'{"error": "too many connections (max_connections)"}\n')
+
+
+def guarded_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol with a connection cap and header and body deadlines
+    (uvicorn itself has only the keep-alive timeout). Without httptools: uvicorn's
+    default, which lacks the deadlines (logged)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        log.warning("httptools is not installed: no header/body timeouts nor connection cap")
+        return "auto"
+
+    header_s, body_s = settings.header_timeout_s, settings.body_timeout_s
+    cap = settings.max_connections
+
+    class GuardedHttp(HttpToolsProtocol):  # type: ignore[misc]
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self, seconds: float, expired: Any) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > cap:
+                transport.write(_503)
+                transport.close()
+                return
+            self._arm(header_s, self._timed_out)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._deadline is None:
+                self._arm(header_s, self._timed_out)
+
+        def on_headers_complete(self) -> None:
+            self._arm(body_s, self._timed_out)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def cut_if_receiving(self) -> None:
+            """At shutdown: a request whose headers or body are still arriving will not
+            be served (admission refuses it now); answer 408 and close at once rather
+            than wait for its deadline."""
+            cycle = self.cycle
+            if self._deadline is not None and (cycle is None or cycle.more_body):
+                self._deadline.cancel()
+                self._timed_out()
+
+        def _timed_out(self) -> None:
+            """Headers or body not in by their deadline: 408 (when no response started)
+            and close; the app sees a disconnect."""
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete or not cycle.response_started:
+                self.transport.write(_408)
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+            self.transport.close()
+
+    return GuardedHttp
 
 
 class MLOSServer:
@@ -66,7 +157,10 @@ class MLOSServer:
             port=self.settings.rest_port,
             log_level=self.settings.log_level,
             access_log=False,
-            timeout_graceful_shutdown=int(self.settings.drain_timeout_s) or None,
+            http=guarded_protocol(self.settings),
+            timeout_keep_alive=self.settings.keep_alive_timeout_s,  # type: ignore[arg-type]
+            # Set again when the shutdown begins: what is left of drain_timeout_s.
+            timeout_graceful_shutdown=max(1, int(self.settings.drain_timeout_s)),
             server_header=False,
         )
         self._uvicorn = _Uvicorn(config)
@@ -99,13 +193,23 @@ class MLOSServer:
         self._loop.create_task(self._drain())
 
     async def _drain(self) -> None:
-        timeout = self.settings.drain_timeout_s
-        drained = await asyncio.to_thread(self.plane.wait_idle, timeout)
+        """Everything within drain_timeout_s: in-flight requests first, then the gRPC
+        server, then uvicorn's own graceful shutdown with whatever time is left (it cancels
+        the request tasks still running after it)."""
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        drained = await asyncio.to_thread(self.plane.wait_idle, self.settings.drain_timeout_s)
         if not drained:
             log.warning("drain timeout: %d requests still in flight", self.plane.in_flight)
         if self.grpc_server is not None:
-            await asyncio.to_thread(lambda: self.grpc_server.stop(1.0).wait())
+            grace = max(0.1, min(1.0, deadline - time.monotonic()))
+            await asyncio.to_thread(lambda: self.grpc_server.stop(grace).wait())
         if self._uvicorn is not None:
+            for connection in list(self._uvicorn.server_state.connections):
+                cut = getattr(connection, "cut_if_receiving", None)
+                if cut is not None:
+                    cut()
+            self._uvicorn.config.timeout_graceful_shutdown = max(
+                1, math.ceil(deadline - time.monotonic()))
             self._uvicorn.should_exit = True
 
     # ---- background mode (tests, benchmarks) ---------------------------------------------

@@ -61,6 +61,33 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long to wait for in-flight requests"
     )
+    # Limits against slow or amplifying clients (docs/security.md, "Limits").
+    max_connections: int = Field(
+        4096, gt=0, description="open HTTP connections; more are answered 503 and closed "
+        "at once (keep the unit's LimitNOFILE above it)",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a client has to send a request's headers (the "
+        "connection is closed after)",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="seconds a client has to send a whole request body once "
+        "its headers are in (408 after)",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="seconds an idle keep-alive connection stays open"
+    )
+    max_json_values: int = Field(
+        4 * 1024 * 1024, gt=0, description="values one JSON body may hold (413 above): "
+        "bounds the memory a small, compressed JSON body can grow into",
+    )
+    max_tensor_elements: int = Field(
+        256 * 1024 * 1024, gt=0, description="elements one input tensor may hold (413 above)"
+    )
+    max_bytes_elements: int = Field(
+        1024 * 1024, gt=0, description="BYTES elements one request may hold in all its "
+        "inputs (413 above; each is a Python object)",
+    )
     load_models_at_start: bool = Field(True, description="load every model found at start")
     log_level: str = Field("info", description="debug, info, warning or error")
     # mlos_ml kernel module (docs/kernel-modes.md)

@@ -149,6 +149,10 @@ def _deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.
             raise InvalidInputError(f"input {name!r}: truncated BYTES element")
         items.append(bytes(view[offset : offset + length]))
         offset += length
+        if len(items) > count:  # stop here: a bomb of empty elements must not be walked
+            raise InvalidInputError(
+                f"input {name!r}: more BYTES elements than the {count} its shape holds"
+            )
     if len(items) != count:
         raise InvalidInputError(
             f"input {name!r}: {len(items)} BYTES elements do not fill {count} expected"

@@ -105,6 +105,11 @@ class TextGenerator(ABC):
         Raises UnsupportedError naming the setting when the model has neither, and
         InvalidInputError when the template rejects the conversation."""
 
+    def tensor_params(self) -> GenerationParams:
+        """How the tensor view (a `text_input` BYTES tensor of prompts over KServe or the
+        upstream MLOS route) completes each prompt: greedy, a model-configured length."""
+        return GenerationParams(max_tokens=128, temperature=0.0)
+
     @abstractmethod
     def start(self, prompt_tokens: list[int], params: GenerationParams) -> TextStream:
         """Admit a request to the model's queue and return its stream. Raises

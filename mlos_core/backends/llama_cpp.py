@@ -226,13 +226,17 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
         prompts = inputs.get(TEXT_INPUT)
         if prompts is None:
             raise InvalidInputError(f"the llama.cpp backend takes one BYTES input {TEXT_INPUT!r}")
-        params = GenerationParams(max_tokens=self.settings.max_tokens, temperature=0.0)
+        params = self.tensor_params()
         texts = []
         for prompt in prompts.reshape(-1):
             text = prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
             stream = self.start(self.tokenize(text), params)
             texts.append("".join(stream).encode("utf-8"))
         return {TEXT_OUTPUT: np.array(texts, dtype=object).reshape(prompts.shape)}
+
+    def tensor_params(self) -> GenerationParams:
+        # A configured 0 keeps its old meaning: until the context is full.
+        return GenerationParams(max_tokens=self.settings.max_tokens or None, temperature=0.0)
 
     def unload(self) -> None:
         # Requests still running hold pointers into the model: stop them first (each

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from ..errors import (
     InvalidInputError,
@@ -30,16 +31,19 @@ from ..errors import (
 
 log = logging.getLogger(__name__)
 
-HTTP_STATUS: dict[type[MLOSError], int] = {
-    ModelNotFoundError: 404,
-    ModelNotReadyError: 409,
-    InvalidInputError: 400,
-    ModelLoadError: 422,
-    PayloadTooLargeError: 413,
-    ServerBusyError: 503,
-    RequestTimeoutError: 504,
-    UnauthorizedError: 401,
-    UnsupportedError: 400,
+#: The one table from domain errors to HTTP: the status, and the machine-readable code the
+#: OpenAI error body carries. Not ready and busy are both 503 (with Retry-After): the
+#: client should retry, here or on another instance.
+HTTP_ERRORS: dict[type[MLOSError], tuple[int, str | None]] = {
+    ModelNotFoundError: (404, "model_not_found"),
+    ModelNotReadyError: (503, "model_not_ready"),
+    InvalidInputError: (400, None),
+    ModelLoadError: (422, "model_load_failed"),
+    PayloadTooLargeError: (413, "payload_too_large"),
+    ServerBusyError: (503, "server_busy"),
+    RequestTimeoutError: (504, "timeout"),
+    UnauthorizedError: (401, "invalid_api_key"),
+    UnsupportedError: (400, "unsupported"),
 }
 
 #: Paths that never need the API key (probes must work without secrets).
@@ -51,11 +55,38 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def status_for(exc: MLOSError) -> int:
+def _entry(exc: MLOSError) -> tuple[int, str | None]:
     for cls in type(exc).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 400
+        if cls in HTTP_ERRORS:
+            return HTTP_ERRORS[cls]
+    return 400, None
+
+
+def status_for(exc: MLOSError) -> int:
+    return _entry(exc)[0]
+
+
+def code_for(exc: MLOSError) -> str | None:
+    """The error's code: its own (e.g. context_length_exceeded), else the table's."""
+    return getattr(exc, "code", None) or _entry(exc)[1]
+
+
+async def read_json(request: Request) -> Any:
+    """A JSON request body, inflated and parsed under the decoding limits (off the event
+    loop when large); an empty body is {}."""
+    plane = request.app.state.dataplane
+    body = await request.body()
+    return await plane.decoder.json(body, request.headers.get("content-encoding"))
+
+
+async def cancel_on_disconnect(request: Request, cancel: Callable[[], None]) -> None:
+    """Calls `cancel` when the client goes away (run as a task while a response is being
+    computed; the body must have been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel()
+            return
 
 
 def error_response(status: int, message: str) -> Response:
@@ -74,12 +105,18 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return JSONResponse({"error": "invalid request", "detail": _jsonable(exc.errors())}, 422)
 
+    async def gone(_request: Request, _exc: Exception) -> Response:
+        # The client went away or missed its body deadline (the server answered 408 and
+        # closed): nobody reads this.
+        return Response(status_code=499)
+
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.exception("unexpected error: %s", exc)
         return error_response(500, f"internal error: {type(exc).__name__}")
 
     app.add_exception_handler(MLOSError, domain)
     app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(ClientDisconnect, gone)
     app.add_exception_handler(Exception, unexpected)
 
 

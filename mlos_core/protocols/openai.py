@@ -2,13 +2,14 @@
 """The OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions (JSON or
 SSE streaming ending with `data: [DONE]`), /v1/embeddings.
 
-The router is a function of a small interface (`LLMModels`: find a model by name, list
-them), so it does not care how the registry stores models. Route handlers only translate:
-parse the body, ask the model for a stream, frame its chunks. Generation runs in one
-worker thread per admitted request; when the client disconnects the stream is cancelled,
-which frees the model's context after the token being decoded.
+A transport only: parse the body (openai_schemas), call the data plane
+(`DataPlane.generate`, `DataPlane.embed`), frame what it yields. Admission, the request
+timeout, cancellation and metrics are the data plane's, the same as for tensors. A client
+that disconnects cancels its generation, which frees the model's context after the token
+being decoded.
 
-Errors use OpenAI's body: {"error": {"message", "type", "param", "code"}}.
+Errors use OpenAI's body: {"error": {"message", "type", "param", "code"}}, with the status
+from the service's one HTTP error table (protocols/http.py).
 """
 
 from __future__ import annotations
@@ -17,208 +18,41 @@ import asyncio
 import base64
 import contextlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..backends.capabilities import Embedder, GenerationParams, TextGenerator, TextStream
-from ..errors import (
-    InvalidInputError,
-    MLOSError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    PayloadTooLargeError,
-    RequestTimeoutError,
-    ServerBusyError,
-    UnauthorizedError,
-    UnsupportedError,
-)
-from .openai_metrics import LLMMetrics
-from .openai_schemas import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    InvalidParamError,
-    MLOSTextRequest,
-    parse,
-)
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    id: str
-    created: int = 0
-    owned_by: str = "mlos"
-
-
-class LLMModels(Protocol):
-    """What the OpenAI router needs from the service."""
-
-    def text_models(self) -> list[ModelCard]:
-        """Loaded models that generate text (or embed)."""
-        ...
-
-    def text_model(self, name: str) -> TextGenerator:
-        """Raises ModelNotFoundError, ModelNotReadyError or UnsupportedError."""
-        ...
-
-    def embedding_model(self, name: str) -> Embedder:
-        """Raises ModelNotFoundError, ModelNotReadyError or UnsupportedError."""
-        ...
-
-
-class StaticModels:
-    """An LLMModels over a fixed name -> backend mapping (tools, benchmarks, tests)."""
-
-    def __init__(self, models: dict[str, Any]) -> None:
-        self.models = models
-        self.created = int(time.time())
-
-    def text_models(self) -> list[ModelCard]:
-        return [ModelCard(name, self.created) for name in self.models]
-
-    def _get(self, name: str) -> Any:
-        if name not in self.models:
-            raise ModelNotFoundError(
-                f"The model '{name}' does not exist; GET /v1/models lists the served ones"
-            )
-        return self.models[name]
-
-    def text_model(self, name: str) -> TextGenerator:
-        model = self._get(name)
-        if not isinstance(model, TextGenerator):
-            raise UnsupportedError(f"model '{name}' does not generate text")
-        return model
-
-    def embedding_model(self, name: str) -> Embedder:
-        model = self._get(name)
-        if not isinstance(model, Embedder):
-            raise UnsupportedError(f"model '{name}' does not compute embeddings")
-        return model
-
-
-# ---- errors -------------------------------------------------------------------------------
-_STATUS: list[tuple[type[MLOSError], int, str, str | None]] = [
-    (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
-    (InvalidInputError, 400, "invalid_request_error", None),
-    (UnsupportedError, 400, "invalid_request_error", "unsupported"),
-    (PayloadTooLargeError, 413, "invalid_request_error", None),
-    (UnauthorizedError, 401, "invalid_request_error", "invalid_api_key"),
-    (ServerBusyError, 503, "server_error", "server_busy"),
-    (ModelNotReadyError, 503, "server_error", "model_not_ready"),
-    (RequestTimeoutError, 504, "server_error", "timeout"),
-]
+from ..dataplane import DataPlane, EmbedRequest, Generation, TextRequest
+from ..errors import MLOSError, ModelNotFoundError
+from .http import cancel_on_disconnect, code_for, read_json, status_for
+from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse
 
 
 def error_body(exc: MLOSError) -> tuple[int, dict[str, Any]]:
-    status, kind, code = 500, "server_error", None
-    for cls, s, k, c in _STATUS:
-        if isinstance(exc, cls):
-            status, kind, code = s, k, c
-            break
+    status = status_for(exc)
+    kind = "invalid_request_error" if status < 500 else "server_error"
     param = getattr(exc, "param", None)
-    code = getattr(exc, "code", None) or code
-    return status, {"error": {"message": str(exc), "type": kind, "param": param, "code": code}}
+    return status, {"error": {"message": str(exc), "type": kind, "param": param,
+                              "code": code_for(exc)}}
 
 
 def error_response(exc: MLOSError) -> JSONResponse:
     status, body = error_body(exc)
-    return JSONResponse(body, status_code=status)
-
-
-# ---- streaming ----------------------------------------------------------------------------
-_END = object()
-#: Where a generation's worker thread runs: a context manager (the service's is
-#: KernelModes.compute_thread, which registers it with the mlos_ml scheduler) that yields
-#: a function to call once the first chunk is out.
-ThreadScope = Callable[[], AbstractContextManager[Callable[[], Any] | None]]
-
-
-def _no_scope() -> AbstractContextManager[Callable[[], Any] | None]:
-    return contextlib.nullcontext(None)
-
-
-class Pump:
-    """Runs a TextStream in a worker thread from the moment of admission, so its queue slot
-    is always given back, even if the response never starts; `chunks()` yields the text
-    here. A client disconnect, or leaving `chunks()` early, cancels the stream, which frees
-    the model's context after the token being decoded. `on_done` runs in the worker
-    thread once the stream has ended (its result is final then)."""
-
-    def __init__(
-        self,
-        stream: TextStream,
-        request: Request | None = None,
-        on_done: Callable[[], None] | None = None,
-        thread_scope: ThreadScope | None = None,
-    ) -> None:
-        self.stream = stream
-        loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        def put(item: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
-                loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-        def run() -> None:
-            try:
-                scope = thread_scope() if thread_scope is not None else _no_scope()
-                with scope as first_step_done:
-                    for chunk in stream:
-                        if first_step_done is not None:
-                            # The backend's native threads for this thread exist now.
-                            first_step_done()
-                            first_step_done = None
-                        put(chunk)
-            except BaseException as exc:  # handed to the event loop, raised there
-                put(exc)
-            finally:
-                if on_done is not None:
-                    on_done()
-                put(_END)
-
-        self._watcher = (
-            asyncio.ensure_future(_cancel_on_disconnect(request, stream)) if request else None
-        )
-        threading.Thread(target=run, name="mlos-llm-generate", daemon=True).start()
-
-    async def chunks(self) -> AsyncIterator[str]:
-        try:
-            while True:
-                item = await self._queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self.stream.cancel()
-            if self._watcher is not None:
-                self._watcher.cancel()
-
-
-async def _cancel_on_disconnect(request: Request, stream: TextStream) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            stream.cancel()
-            return
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _usage(stream: TextStream) -> dict[str, int]:
-    r = stream.result
+def usage(generation: Generation) -> dict[str, int]:
+    r = generation.result
     return {
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.completion_tokens,
@@ -226,80 +60,48 @@ def _usage(stream: TextStream) -> dict[str, int]:
     }
 
 
-# ---- the router ---------------------------------------------------------------------------
-async def _json(request: Request) -> Any:
+@contextlib.asynccontextmanager
+async def watching(request: Request, generation: Generation) -> AsyncIterator[None]:
+    """While the block runs, a client that goes away cancels the generation."""
+    watcher = asyncio.ensure_future(cancel_on_disconnect(request, generation.cancel))
     try:
-        return await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"the request body is not valid JSON: {exc}") from exc
+        yield
+    finally:
+        watcher.cancel()
 
 
-def _check_context(
-    gen: TextGenerator, tokens: list[int], max_tokens: int | None, prompt_param: str
-) -> None:
-    n_ctx = gen.context_length
-    too_long = len(tokens) >= n_ctx
-    if too_long or (max_tokens and len(tokens) + max_tokens > n_ctx):
-        wanted = len(tokens) + (max_tokens or 0)
-        raise InvalidParamError(
-            f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-            f"{wanted} tokens ({len(tokens)} in the prompt, {max_tokens or 0} for the "
-            "completion). Please reduce the prompt or max_tokens.",
-            param=prompt_param if too_long else "max_tokens",
-            code="context_length_exceeded",
-        )
+async def complete(request: Request, generation: Generation) -> str:
+    """The whole text of a generation (non-streaming responses)."""
+    async with watching(request, generation):
+        return await generation.text()
 
 
-class _Call:
-    """One generation request in flight: its stream, clock and metrics."""
+def stream_events(
+    request: Request, generation: Generation, frames: Callable[[str], bytes],
+    first: bytes | None, last: Callable[[], list[bytes]],
+) -> StreamingResponse:
+    """SSE: `first`, one frame per chunk, `last()`, then [DONE]. A timeout mid-stream (the
+    status is sent already) ends the stream with an OpenAI error event."""
 
-    def __init__(
-        self, metrics: LLMMetrics, model: str, endpoint: str, stream: TextStream, t0: float,
-        compute_thread: Callable[[str], AbstractContextManager[Any]] | None = None,
-    ) -> None:
-        self.metrics, self.model, self.endpoint = metrics, model, endpoint
-        self.stream, self.t0 = stream, t0
-        self.thread_scope: ThreadScope | None = (
-            None if compute_thread is None else lambda: compute_thread(model))
+    async def events() -> AsyncIterator[bytes]:
+        async with watching(request, generation):
+            if first is not None:
+                yield first
+            try:
+                async with contextlib.aclosing(generation.chunks()) as chunks:
+                    async for text in chunks:
+                        yield frames(text)
+            except MLOSError as exc:
+                yield _sse(error_body(exc)[1])
+            else:
+                for frame in last():
+                    yield frame
+            yield b"data: [DONE]\n\n"
 
-    def finish(self) -> None:
-        r = self.stream.result
-        ttft = r.first_token_at - self.t0 if r.first_token_at is not None else None
-        self.metrics.record(
-            self.model,
-            self.endpoint,
-            r.finish_reason or "error",
-            r.prompt_tokens,
-            r.completion_tokens,
-            ttft,
-        )
-
-
-async def start_text(
-    models: LLMModels,
-    metrics: LLMMetrics,
-    model: str,
-    endpoint: str,
-    prompt: str | list[int],
-    params: GenerationParams,
-    t0: float,
-) -> _Call:
-    """Shared by every text route (OpenAI and the upstream MLOS inference route): resolve the
-    model, tokenize, check the context, admit to the queue."""
-    gen = models.text_model(model)
-    tokens = prompt if isinstance(prompt, list) else gen.tokenize(prompt)
-    _check_context(gen, tokens, params.max_tokens, "messages" if endpoint == "chat" else "prompt")
-    return _Call(metrics, model, endpoint, gen.start(tokens, params), t0,
-                 getattr(models, "compute_thread", None))
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
-async def complete_text(call: _Call, request: Request | None = None) -> str:
-    """Run a call to the end and return its text."""
-    pump = Pump(call.stream, request, call.finish, call.thread_scope)
-    return "".join([chunk async for chunk in pump.chunks()])
-
-
-def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
+def make_openai_router(plane: DataPlane) -> APIRouter:
     router = APIRouter(tags=["openai"])
 
     def guard(
@@ -315,34 +117,27 @@ def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
         wrapped.__doc__ = handler.__doc__
         return wrapped
 
+    def card(name: str, created: int) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "mlos"}
+
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         """Served text models, OpenAI's list shape."""
-        return {
-            "object": "list",
-            "data": [
-                {"id": c.id, "object": "model", "created": c.created, "owned_by": c.owned_by}
-                for c in models.text_models()
-            ],
-        }
+        return {"object": "list", "data": [card(*c) for c in plane.text_models()]}
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> Response:
-        for c in models.text_models():
-            if c.id == model_id:
-                return JSONResponse(
-                    {"id": c.id, "object": "model", "created": c.created, "owned_by": c.owned_by}
-                )
+        for name, created in plane.text_models():
+            if name == model_id:
+                return JSONResponse(card(name, created))
         return error_response(ModelNotFoundError(f"The model '{model_id}' does not exist"))
 
     async def completions(request: Request) -> Response:
         """OpenAI text completions (JSON or SSE)."""
-        t0 = time.perf_counter()
-        body: CompletionRequest = parse(CompletionRequest, await _json(request))
-        call = await start_text(
-            models, metrics, body.model, "completions", body.single_prompt(),
-            body.params(body.max_tokens), t0,
-        )
+        body: CompletionRequest = parse(CompletionRequest, await read_json(request))
+        generation = await plane.generate(TextRequest(
+            body.model, body.params(body.max_tokens), body.single_prompt(),
+            endpoint="completions"))
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(text: str, finish: str | None) -> dict[str, Any]:
@@ -357,34 +152,28 @@ def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
             return payload
 
         if body.stream:
-            pump = Pump(call.stream, request, call.finish, call.thread_scope)
-
-            async def events() -> AsyncIterator[bytes]:
-                async for text in pump.chunks():
-                    yield _sse(chunk(text, None))
-                yield _sse(chunk("", call.stream.result.finish_reason))
+            def last() -> list[bytes]:
+                frames = [_sse(chunk("", generation.result.finish_reason))]
                 if body.include_usage:
-                    yield _sse({**chunk("", None), "choices": [], "usage": _usage(call.stream)})
-                yield b"data: [DONE]\n\n"
+                    frames.append(_sse({**chunk("", None), "choices": [],
+                                        "usage": usage(generation)}))
+                return frames
 
-            return StreamingResponse(events(), media_type="text/event-stream")
-        text = await complete_text(call, request)
-        payload = chunk(text, call.stream.result.finish_reason)
-        payload["usage"] = _usage(call.stream)
+            return stream_events(request, generation, lambda t: _sse(chunk(t, None)), None,
+                                 last)
+        text = await complete(request, generation)
+        payload = chunk(text, generation.result.finish_reason)
+        payload["usage"] = usage(generation)
         return JSONResponse(payload)
 
     async def chat_completions(request: Request) -> Response:
         """OpenAI chat completions (JSON or SSE); the prompt comes from the model's chat
         template or configured chat format."""
-        t0 = time.perf_counter()
-        body: ChatCompletionRequest = parse(ChatCompletionRequest, await _json(request))
-        gen = models.text_model(body.model)
-        chat = gen.chat_prompt([m.model_dump() for m in body.messages])
-        tokens = gen.tokenize(chat.text, add_bos=not chat.has_bos)
-        call = await start_text(
-            models, metrics, body.model, "chat", tokens,
-            body.params(body.completion_limit, chat.stop), t0,
-        )
+        body: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request))
+        generation = await plane.generate(TextRequest(
+            body.model, body.params(body.completion_limit),
+            messages=[m.model_dump() for m in body.messages], endpoint="chat",
+            prompt_param="messages"))
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -400,19 +189,17 @@ def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
             return payload
 
         if body.stream:
-            pump = Pump(call.stream, request, call.finish, call.thread_scope)
-
-            async def events() -> AsyncIterator[bytes]:
-                yield _sse(chunk({"role": "assistant", "content": ""}, None))
-                async for text in pump.chunks():
-                    yield _sse(chunk({"content": text}, None))
-                yield _sse(chunk({}, call.stream.result.finish_reason))
+            def last() -> list[bytes]:
+                frames = [_sse(chunk({}, generation.result.finish_reason))]
                 if body.include_usage:
-                    yield _sse({**chunk({}, None), "choices": [], "usage": _usage(call.stream)})
-                yield b"data: [DONE]\n\n"
+                    frames.append(_sse({**chunk({}, None), "choices": [],
+                                        "usage": usage(generation)}))
+                return frames
 
-            return StreamingResponse(events(), media_type="text/event-stream")
-        text = await complete_text(call, request)
+            return stream_events(
+                request, generation, lambda t: _sse(chunk({"content": t}, None)),
+                _sse(chunk({"role": "assistant", "content": ""}, None)), last)
+        text = await complete(request, generation)
         return JSONResponse({
             "id": cid, "object": "chat.completion", "created": created, "model": body.model,
             "system_fingerprint": None,
@@ -420,17 +207,15 @@ def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "logprobs": None,
-                "finish_reason": call.stream.result.finish_reason,
+                "finish_reason": generation.result.finish_reason,
             }],
-            "usage": _usage(call.stream),
+            "usage": usage(generation),
         })
 
     async def embeddings(request: Request) -> Response:
         """OpenAI embeddings, for models loaded with `embeddings: true`."""
-        body: EmbeddingRequest = parse(EmbeddingRequest, await _json(request))
-        model = models.embedding_model(body.model)
-        texts = body.texts()
-        result = await asyncio.to_thread(model.embed, texts)
+        body: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request))
+        result = await plane.embed(EmbedRequest(body.model, body.texts()))
         data = []
         for i, vector in enumerate(result.vectors):
             if body.dimensions is not None:
@@ -439,7 +224,6 @@ def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
             if body.encoding_format == "base64":
                 value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
             data.append({"object": "embedding", "index": i, "embedding": value})
-        metrics.record(body.model, "embeddings", "ok", result.prompt_tokens)
         return JSONResponse({
             "object": "list", "data": data, "model": body.model,
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
@@ -451,94 +235,6 @@ def make_openai_router(models: LLMModels, metrics: LLMMetrics) -> APIRouter:
     return router
 
 
-# ---- the service: models from the data plane, metrics in /metrics -------------------------
-class DataPlaneModels:
-    """LLMModels over the service's data plane: every loaded model whose backend generates
-    text, by name (its latest loaded version)."""
-
-    def __init__(self, plane: Any) -> None:
-        self.plane = plane
-        # Generation threads run under the mlos_ml scheduler when it is in use.
-        self.compute_thread = plane.kernel.compute_thread
-
-    def text_models(self) -> list[ModelCard]:
-        cards = []
-        for name, state in sorted(self.plane.models.items()):
-            backend = state.latest
-            if backend is None or not backend.ready:
-                continue
-            if isinstance(backend, (TextGenerator, Embedder)):  # noqa: UP038
-                cards.append(ModelCard(name, int(state.latest.source.path.stat().st_mtime)))
-        return cards
-
-    def text_model(self, name: str) -> TextGenerator:
-        if self.plane.draining:
-            raise ServerBusyError("the server is shutting down; retry on another instance")
-        backend = self.plane.backend(name)
-        if not isinstance(backend, TextGenerator):
-            raise UnsupportedError(
-                f"model '{name}' is served by the {backend.name} backend, which does not "
-                "generate text"
-            )
-        return backend
-
-    def embedding_model(self, name: str) -> Embedder:
-        backend = self.plane.backend(name)
-        if not isinstance(backend, Embedder) or not getattr(backend, "can_embed", True):
-            raise UnsupportedError(
-                f"model '{name}' does not compute embeddings"
-                + (": set 'embeddings: true' in its config" if isinstance(backend, Embedder)
-                   else "")
-            )
-        return backend
-
-
-def llm_metrics(plane: Any) -> LLMMetrics:
-    """The service's LLM metrics: one per data plane, rendered into its /metrics."""
-    metrics = getattr(plane, "llm_metrics", None)
-    if metrics is None:
-        metrics = LLMMetrics()
-        plane.llm_metrics = metrics
-        plane.metrics.collectors.append(metrics.render)
-    return metrics
-
-
-def create_router(plane: Any) -> APIRouter:
+def create_router(plane: DataPlane) -> APIRouter:
     """The app factory's hook (mlos_core.app.PROTOCOL_ROUTERS)."""
-    return make_openai_router(DataPlaneModels(plane), llm_metrics(plane))
-
-
-async def mlos_text_inference(
-    plane: Any, model_id: str, doc: dict[str, Any], request: Request | None = None
-) -> dict[str, Any]:
-    """The upstream MLOS route with a prompt: POST /models/{id}/inference
-    {"prompt": "...", "max_tokens": 128, "temperature": 0, "top_p", "seed", "stop"}.
-    Greedy (temperature 0) unless asked otherwise; the same queue as the OpenAI routes."""
-    t0 = time.perf_counter()
-    body: MLOSTextRequest = parse(MLOSTextRequest, {"model": model_id, **doc})
-    backend = plane.backend(model_id, body.version)
-    if not isinstance(backend, TextGenerator):
-        raise UnsupportedError(f"model '{model_id}' does not generate text; send 'inputs'")
-    call = await start_text(
-        _OneModel(backend, plane.kernel.compute_thread), llm_metrics(plane), model_id, "mlos",
-        body.prompt,
-        body.params(body.max_tokens), t0,
-    )
-    text = await complete_text(call, request)
-    result = call.stream.result
-    return {
-        "model_id": model_id,
-        "version": backend.source.version,  # type: ignore[attr-defined]
-        "text": text,
-        "finish_reason": result.finish_reason,
-        "usage": _usage(call.stream),
-    }
-
-
-class _OneModel(StaticModels):
-    def __init__(self, backend: TextGenerator, compute_thread: Any = None) -> None:
-        self.backend = backend
-        self.compute_thread = compute_thread
-
-    def text_model(self, name: str) -> TextGenerator:
-        return self.backend
+    return make_openai_router(plane)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..backends.capabilities import GenerationParams
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidParamError
 
 MAX_STOP_SEQUENCES = 4
 
@@ -158,15 +158,6 @@ class ChatCompletionRequest(_Request):
         )
 
 
-class MLOSTextRequest(_Request):
-    """The upstream MLOS inference route with a prompt: greedy and 128 tokens by default."""
-
-    prompt: str
-    version: str | None = None
-    max_tokens: int | None = 128
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-
-
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -197,12 +188,3 @@ def parse(model: type[BaseModel], body: Any) -> Any:
         where = ".".join(str(p) for p in err["loc"]) or "body"
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         raise InvalidParamError(f"'{where}': {message}", param=where) from exc
-
-
-class InvalidParamError(InvalidInputError):
-    """A bad request field: the OpenAI error body names it in `param`."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.param = param
-        self.code = code

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,9 +26,11 @@ from ..dataplane import (
     OutputRequest,
     ShmRef,
 )
-from ..errors import InvalidInputError, PayloadTooLargeError
+from ..dataplane.decoding import TensorBudget, compressed
+from ..errors import InvalidInputError
 from ..tensors import DTYPES, check_shape, from_bytes, from_json, to_bytes, to_json
 from .bodies import HEADER_LENGTH, header_length, read_binary_body
+from .http import read_json
 
 log = logging.getLogger(__name__)
 INFER_PATHS = (
@@ -119,9 +120,11 @@ def _dict(value: Any, what: str) -> dict[str, Any]:
 
 
 def parse_infer_request(
-    doc: Any, binary: memoryview | None, model: str, version: str | None
+    doc: Any, binary: memoryview | None, model: str, version: str | None,
+    budget: TensorBudget | None = None,
 ) -> tuple[InferRequest, bool]:
-    """Neutral request + whether outputs default to binary (`binary_data_output`)."""
+    """Neutral request + whether outputs default to binary (`binary_data_output`); each
+    tensor's size is checked against `budget` before it is decoded."""
     if not isinstance(doc, dict):
         raise InvalidInputError("the inference request must be a JSON object")
     inputs_doc = doc.get("inputs")
@@ -138,6 +141,8 @@ def parse_infer_request(
         if datatype not in DTYPES:
             raise InvalidInputError(f"input {name!r}: unknown datatype {datatype!r}")
         shape = check_shape(item.get("shape"), name)
+        if budget is not None:
+            budget.check(name, datatype, shape)
         params = _dict(item.get("parameters"), f"input {name!r} parameters")
         shm = _shm_ref(params, f"input {name!r}")
         if shm is not None:
@@ -224,16 +229,6 @@ def encode_infer_response(response: InferResponse, binary_default: bool) -> Resp
     )
 
 
-async def read_json(request: Request) -> Any:
-    body = await request.body()
-    if not body:
-        return {}
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
-
-
 def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Response]]:
     """The inference endpoint. It is the hot path, so it is mounted as plain Starlette
     routes at the front of the app (infer_routes): no FastAPI dependency solving and the
@@ -243,40 +238,53 @@ def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Respo
     def request_body_fallback() -> None:
         plane.kernel.fallback("request_body")
 
-    async def read_body(request: Request) -> tuple[bytes, memoryview | None]:
-        """The JSON header and the binary part (None without the binary extension)."""
+    decoder = plane.decoder
+
+    def decode(
+        header: bytes | bytearray, binary: memoryview | None, model: str, version: str | None
+    ) -> tuple[InferRequest, bool]:
+        doc = decoder.parse_json(header)
+        return parse_infer_request(doc, binary, model, version, decoder.budget())
+
+    def decode_body(
+        body: bytes, encoding: str | None, header_value: str | None, model: str,
+        version: str | None,
+    ) -> tuple[InferRequest, bool]:
+        if header_value is None:
+            return decode(decoder.inflate_json(body, encoding), None, model, version)
+        inflated = decoder.inflate(body, encoding)
+        split = header_length(header_value)
+        if split > len(inflated):
+            raise InvalidInputError("Inference-Header-Content-Length exceeds the body")
+        return decode(inflated[:split], memoryview(inflated)[split:], model, version)
+
+    async def parse(request: Request, model: str, version: str | None
+                    ) -> tuple[InferRequest, bool]:
+        """Read and decode the body under the decoding limits; large or compressed bodies
+        are inflated, parsed and converted on the decode threads."""
         header_value = request.headers.get(HEADER_LENGTH)
         encoding = request.headers.get("content-encoding")
-        plain = encoding is None or encoding.strip().lower() == "identity"
         pool = plane.kernel.request_pool
-        if header_value is not None and plain and pool is not None:
+        if header_value is not None and not compressed(encoding) and pool is not None:
             split = header_length(header_value)
             read = await read_binary_body(request, pool, split, request_body_fallback)
-            return read.header, read.binary
+            size = len(read.header) + len(read.binary)
+            return await decoder.run(size, False, decode, read.header, read.binary, model,
+                                     version)
         body = await request.body()
-        if encoding is not None:
-            body = _decompress(body, encoding, plane.settings.max_request_bytes)
-        if header_value is None:
-            return body, None
-        split = header_length(header_value)
-        if split > len(body):
-            raise InvalidInputError("Inference-Header-Content-Length exceeds the body")
-        if pool is not None:  # a compressed body: inflated into a per-request allocation
-            plane.kernel.fallback("request_body")
-        return body[:split], memoryview(body)[split:]
+        if header_value is not None and compressed(encoding) and pool is not None:
+            plane.kernel.fallback("request_body")  # inflated into a per-request allocation
+        return await decoder.run(len(body), compressed(encoding), decode_body, body, encoding,
+                                 header_value, model, version)
 
     async def serve(request: Request) -> Response:
         params = request.path_params
-        model_name: str = params["model_name"]
-        model_version: str | None = params.get("model_version")
-        header, binary = await read_body(request)
-        try:
-            doc = json.loads(header)
-        except (ValueError, RecursionError) as exc:
-            raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
-        infer_request, binary_default = parse_infer_request(doc, binary, model_name, model_version)
+        infer_request, binary_default = await parse(
+            request, params["model_name"], params.get("model_version"))
         response = await plane.infer(infer_request)
-        return encode_infer_response(response, binary_default)
+        # Encoding a large output (JSON above all) is CPU work too: off the loop.
+        size = sum(o.data.nbytes for o in response.outputs if o.data is not None)
+        return await decoder.run(size, False, encode_infer_response, response, binary_default)
 
     async def infer(request: Request) -> Response:
         try:
@@ -287,24 +295,6 @@ def make_infer_endpoint(plane: DataPlane) -> Callable[[Request], Awaitable[Respo
 
     return infer
 
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """Request bodies compressed by the client (tritonclient's request_compression_algorithm:
-    gzip or deflate), inflated no further than the body limit."""
-    encoding = encoding.strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise InvalidInputError(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInputError(f"corrupt {encoding} body: {exc}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLargeError(f"decompressed body over the {limit}-byte limit")
-    return data
 
 
 def infer_routes(plane: DataPlane) -> list[Route]:

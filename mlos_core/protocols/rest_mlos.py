@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..dataplane import DataPlane, InferRequest, InputTensor
-from ..errors import InvalidInputError, MLOSError, ModelNotReadyError
+from ..backends.capabilities import GenerationParams
+from ..dataplane import DataPlane, InferRequest, InputTensor, TextRequest
+from ..errors import InvalidInputError, InvalidParamError, MLOSError, ModelNotReadyError
 from ..registry import check_model_name
 from ..tensors import check_shape, from_json, to_json
-from .rest_kserve import read_json
+from .http import cancel_on_disconnect, read_json
 
 _REGISTER_OPENAPI: dict[str, Any] = {
     "requestBody": {
@@ -179,9 +181,7 @@ def create_router(plane: DataPlane) -> APIRouter:
     async def inference(model_id: str, request: Request) -> Response:
         doc = await read_json(request)
         if isinstance(doc, dict) and "prompt" in doc:  # a language model: text in, text out
-            from .openai import mlos_text_inference
-
-            return JSONResponse(await mlos_text_inference(plane, model_id, doc, request))
+            return JSONResponse(await _text_inference(plane, model_id, doc, request))
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
             raise InvalidInputError("body must be {\"inputs\": {\"<input name>\": [...]}}")
         version = doc.get("version")
@@ -189,25 +189,85 @@ def create_router(plane: DataPlane) -> APIRouter:
             raise InvalidInputError("'version' must be a string")
         backend = plane.backend(model_id, version)
         specs = {s.name: s for s in backend.inputs}
-        inputs = []
-        for name, data in doc["inputs"].items():
-            spec = specs.get(name)
-            if spec is None:
-                raise InvalidInputError(f"model {model_id!r} has no input {name!r}; "
-                                        f"inputs: {sorted(specs)}")
-            shape = check_shape(list(_shape_of(data)), name)
-            inputs.append(InputTensor(name, spec.datatype, shape,
-                                      from_json(data, spec.datatype, shape, name)))
+
+        def convert() -> list[InputTensor]:
+            budget = plane.decoder.budget()
+            inputs = []
+            for name, data in doc["inputs"].items():
+                spec = specs.get(name)
+                if spec is None:
+                    raise InvalidInputError(f"model {model_id!r} has no input {name!r}; "
+                                            f"inputs: {sorted(specs)}")
+                shape = check_shape(list(_shape_of(data)), name)
+                budget.check(name, spec.datatype, shape)
+                inputs.append(InputTensor(name, spec.datatype, shape,
+                                          from_json(data, spec.datatype, shape, name)))
+            return inputs
+
+        inputs = await plane.decoder.run(len(await request.body()), False, convert)
         result = await plane.infer(InferRequest(model_id, version, inputs, protocol="mlos"))
-        body = {
-            "model_id": result.model,
-            "version": result.version,
-            "outputs": {o.name: _nest(o.data) for o in result.outputs
-                        if o.data is not None},
-        }
-        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+        def encode() -> bytes:
+            body = {
+                "model_id": result.model,
+                "version": result.version,
+                "outputs": {o.name: _nest(o.data) for o in result.outputs
+                            if o.data is not None},
+            }
+            return json.dumps(body, separators=(",", ":")).encode()
+
+        size = sum(o.data.nbytes for o in result.outputs if o.data is not None)
+        return Response(await plane.decoder.run(size, False, encode),
+                        media_type="application/json")
 
     return router
+
+
+class _PromptBody(BaseModel):
+    """The upstream MLOS inference route with a prompt: greedy and 128 tokens by default."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str
+    version: str | None = None
+    max_tokens: int | None = Field(128, ge=0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+
+
+async def _text_inference(
+    plane: DataPlane, model_id: str, doc: dict[str, Any], request: Request
+) -> dict[str, Any]:
+    """POST /models/{id}/inference {"prompt": "...", "max_tokens": 128, "temperature": 0,
+    "top_p", "seed", "stop"}: a generation through the data plane, cancelled when the
+    client goes away."""
+    try:
+        body = _PromptBody.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidParamError(f"'{where}': {err.get('msg', 'invalid')}", param=where) from None
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    params = GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature,
+                              top_p=body.top_p, seed=body.seed, stop=tuple(stop))
+    generation = await plane.generate(
+        TextRequest(model_id, params, body.prompt, version=body.version, endpoint="mlos"))
+    watcher = asyncio.ensure_future(cancel_on_disconnect(request, generation.cancel))
+    try:
+        text = await generation.text()
+    finally:
+        watcher.cancel()
+    r = generation.result
+    return {
+        "model_id": model_id,
+        "version": generation.version,
+        "text": text,
+        "finish_reason": r.finish_reason,
+        "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                  "total_tokens": r.prompt_tokens + r.completion_tokens},
+    }
 
 
 def _shape_of(data: Any) -> tuple[int, ...]:

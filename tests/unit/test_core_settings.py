@@ -78,6 +78,10 @@ def test_systemd_unit_is_hardened_and_valid(tmp_path: Path) -> None:
     limit = next(v for k, _, v in (ln.partition("=") for ln in unit.splitlines())
                  if k == "LimitMEMLOCK")
     assert limit.endswith("M") and int(limit[:-1]) >= Settings().tensor_pool_mb
+    # Descriptors outlast the connection cap; the stop timeout outlasts the drain bound.
+    keys = dict(ln.partition("=")[::2] for ln in unit.splitlines() if "=" in ln)
+    assert int(keys["LimitNOFILE"]) >= 2 * Settings().max_connections
+    assert int(keys["TimeoutStopSec"]) >= Settings().drain_timeout_s + 5
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")

@@ -13,6 +13,7 @@ from llm_support import CHATML_TEMPLATE, STRICT_TEMPLATE
 from mlos_core.backends.capabilities import ContextQueue
 from mlos_core.backends.llama_cpp import LlamaSettings
 from mlos_core.backends.llama_cpp_chat import CHAT_FORMATS, ChatRenderer
+from mlos_core.dataplane.llm_metrics import LLMMetrics
 from mlos_core.errors import (
     InvalidInputError,
     ModelLoadError,
@@ -21,7 +22,6 @@ from mlos_core.errors import (
     UnsupportedError,
 )
 from mlos_core.protocols.openai import error_body
-from mlos_core.protocols.openai_metrics import LLMMetrics
 from mlos_core.protocols.openai_schemas import (
     ChatCompletionRequest,
     CompletionRequest,

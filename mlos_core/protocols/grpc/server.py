@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from ...dataplane import DataPlane, InferRequest, InputTensor, OutputRequest, ShmRef
+from ...dataplane.decoding import TensorBudget
 from ...errors import (
     InvalidInputError,
     MLOSError,
@@ -84,7 +85,7 @@ def _shm_ref(params: dict[str, Any], what: str) -> ShmRef | None:
     return ShmRef(region, offset, size)
 
 
-def decode_request(request: Any) -> InferRequest:
+def decode_request(request: Any, budget: TensorBudget | None = None) -> InferRequest:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInputError(
@@ -97,6 +98,8 @@ def decode_request(request: Any) -> InferRequest:
         name, datatype = tensor.name, tensor.datatype
         numpy_dtype(datatype)
         shape = check_shape(list(tensor.shape), name)
+        if budget is not None:  # the decoding limits, before anything is decoded
+            budget.check(name, datatype, shape)
         params = _params(tensor.parameters)
         shm = _shm_ref(params, f"input {name!r}")
         if shm is not None:
@@ -183,7 +186,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-        result = self.plane.infer_blocking(decode_request(request))
+        result = self.plane.infer_blocking(decode_request(request, self.plane.decoder.budget()))
         response = pb.ModelInferResponse(
             model_name=result.model, model_version=result.version, id=result.id or ""
         )

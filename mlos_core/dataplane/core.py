@@ -1,0 +1,128 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The DataPlane: models, tensor inference and text generation over one admission gate,
+one set of inference threads, one metrics registry and the kernel integration."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from typing import Any
+
+from .. import __version__
+from ..errors import MLOSError
+from ..kernel_modes import KernelModes, versions
+from ..metrics import Metrics
+from ..plugins import PluginManager
+from ..protocols.shm import SharedMemoryRegistry
+from ..registry import ModelRepository
+from ..runtime_mode import RuntimeMode, detect
+from ..settings import Settings
+from .admission import Admission
+from .decoding import Decoder
+from .generation import TextGeneration
+from .inference import TensorInference
+from .llm_metrics import LLMMetrics
+from .models import ModelLifecycle, ModelState
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "mlos-core"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory"]
+
+
+class DataPlane(ModelLifecycle, TensorInference, TextGeneration):
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: PluginManager | None = None,
+        repository: ModelRepository | None = None,
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins or PluginManager().discover()
+        self.repository = repository or ModelRepository(settings.model_repository)
+        self.metrics = Metrics()
+        self.llm_metrics = LLMMetrics()
+        self.metrics.collectors.append(self.llm_metrics.render)
+        self.runtime: RuntimeMode = detect(settings.sysfs_root)
+        self.kernel = KernelModes(
+            self.runtime, settings.mlos_ml_device, settings.tensor_pool_mb,
+            settings.reserved_cpus, settings.kernel_features,
+        ).start()
+        self.shm = SharedMemoryRegistry(self.kernel)
+        self.metrics.collectors.append(self.kernel.render_metrics)
+        self._versions = versions()
+        self.models: dict[str, ModelState] = {}
+        self.admission = Admission(settings.max_concurrency)
+        self.decoder = Decoder(settings)
+        self._model_lock = threading.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.threads, thread_name_prefix="mlos-infer",
+            initializer=self.kernel.inference_thread_started,
+        )
+        # Recent compute time per loaded backend (EWMA, seconds) and the largest request
+        # (input bytes) measured under it: tiny models run inline for requests that size.
+        self._compute_ewma: dict[int, tuple[float, int]] = {}
+        self._inline_s = settings.inline_compute_us / 1e6
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Prepare the repository and load what it holds (failures are reported per model,
+        never fatal: one corrupt model must not keep the others from being served)."""
+        self.repository.ensure()
+        for model in self.repository.scan():
+            state = self.models.setdefault(model.name, ModelState(model.name))
+            if not self.settings.load_models_at_start:
+                continue
+            try:
+                self.load_model(model.name)
+            except MLOSError as exc:
+                log.warning("model %s not loaded: %s", model.name, exc)
+                state.reason = str(exc)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.decoder.close()
+        for state in list(self.models.values()):
+            for backend in state.versions.values():
+                self._unload_backend(backend)
+        self.shm.unregister()
+        self.kernel.close()
+
+    # ---- admission -------------------------------------------------------------------------
+    @property
+    def draining(self) -> bool:  # type: ignore[override]
+        return self.admission.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.admission.draining = value
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of every kind admitted and not finished (nor timed out)."""
+        return self.admission.in_flight
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request is in flight (graceful shutdown)."""
+        return self.admission.wait_idle(timeout)
+
+    # ---- server ----------------------------------------------------------------------------
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def health(self) -> dict[str, Any]:
+        states = [m.state for m in self.models.values()]
+        return {
+            "status": "draining" if self.draining else "ok",
+            "version": __version__,
+            **self.runtime.to_dict(),
+            "models": {
+                "total": len(states),
+                "ready": states.count("READY"),
+                "unavailable": len(states) - states.count("READY"),
+            },
+            "backends": self.plugins.formats(),
+            **self._versions,
+            **self.kernel.health(),
+        }

@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Model lifecycle: load, unload, register and delete model versions from the repository,
+and find the backend that serves a request (the one lookup every request kind uses)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..backends.base import Backend, ModelSource, TensorSpec
+from ..errors import MLOSError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
+from ..kernel_modes import KernelModes
+from ..plugins import PluginManager
+from ..registry import ModelRepository, RepositoryModel
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelState:
+    name: str
+    state: str = "UNAVAILABLE"  # READY | UNAVAILABLE | LOADING | UNLOADING
+    reason: str = ""
+    versions: dict[str, Backend] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> Backend | None:
+        if not self.versions:
+            return None
+        return self.versions[max(self.versions, key=int)]
+
+
+class ModelLifecycle:
+    """The models half of the DataPlane (mixed into it; the state is set up there)."""
+
+    settings: Settings
+    plugins: PluginManager
+    repository: ModelRepository
+    kernel: KernelModes
+    models: dict[str, ModelState]
+    draining: bool
+    _model_lock: threading.Lock
+
+    def _forget_backend(self, backend: Backend) -> None:
+        """Per-backend state the data plane keeps (the inline-compute measurements)."""
+
+    # ---- models ----------------------------------------------------------------------------
+    def load_model(self, name: str) -> None:
+        """(Re)load a model's versions from the repository. Triton's default policy: the
+        latest version; `version_policy: all` in the model config loads every version."""
+        repo_model = self.repository.get(name)
+        with self._model_lock:
+            state = self.models.setdefault(name, ModelState(name))
+        backends = self._load_versions(repo_model)
+        with self._model_lock:
+            old = state.versions
+            state.versions = backends
+            state.state = "READY"
+            state.reason = ""
+        for version, backend in old.items():
+            if backends.get(version) is not backend:
+                self._unload_backend(backend)
+
+    def _unload_backend(self, backend: Backend) -> None:
+        self._forget_backend(backend)
+        backend.unload()
+        self.kernel.release_model(id(backend))
+
+    def _load_versions(self, model: RepositoryModel) -> dict[str, Backend]:
+        if not model.versions:
+            raise ModelLoadError(f"model {model.name!r} has no version directory (e.g. 1/)")
+        policy = model.config.get("version_policy", "latest")
+        versions = model.versions if policy == "all" else model.versions[-1:]
+        loaded: dict[str, Backend] = {}
+        try:
+            for version in versions:
+                path = model.path / version
+                cls, file = self.plugins.select(path, model.config)
+                config = dict(model.config)
+                source = ModelSource(model.name, version, path, config, file, self.settings)
+                backend = cls(source)
+                # The GPU manager's lease decides the device and memory limit the backend
+                # gets (config["gpu_lease"]); no GPU: an empty device, the CPU.
+                lease = self.kernel.place_model(id(backend), model.name, model.config)
+                if lease:
+                    config["gpu_lease"] = lease
+                try:
+                    # Native threads the load starts (ONNX Runtime's intra-op pool) are
+                    # registered with the scheduler for this backend until it unloads.
+                    with self.kernel.model_load(id(backend), model.name):
+                        backend.load()
+                except MLOSError:
+                    self.kernel.release_model(id(backend))
+                    raise
+                except Exception as exc:  # a plugin's own error: still a load failure
+                    self.kernel.release_model(id(backend))
+                    raise ModelLoadError(f"{model.name} v{version}: {exc}") from exc
+                loaded[version] = backend
+        except Exception:
+            for backend in loaded.values():
+                self._unload_backend(backend)
+            raise
+        return loaded
+
+    def unload_model(self, name: str) -> None:
+        with self._model_lock:
+            state = self.models.get(name)
+            if state is None:
+                self.repository.get(name)  # raises ModelNotFoundError when unknown
+                return
+            old, state.versions = state.versions, {}
+            state.state, state.reason = "UNAVAILABLE", "unloaded"
+        for backend in old.values():
+            self._unload_backend(backend)
+
+    def register_model(
+        self,
+        name: str,
+        files: list[tuple[str, Path | bytes]],
+        version: str | None = None,
+        config: dict[str, Any] | None = None,
+        load: bool = True,
+    ) -> tuple[str, str]:
+        name, version = self.repository.add_version(name, files, version, config)
+        with self._model_lock:
+            self.models.setdefault(name, ModelState(name))
+        if load:
+            try:
+                self.load_model(name)
+            except MLOSError:
+                # Registration of a file no backend can load must not leave a broken model.
+                self.repository.delete(name, version)
+                if not self.repository.get(name).versions:
+                    self.repository.delete(name)
+                    self.models.pop(name, None)
+                raise
+        return name, version
+
+    def delete_model(self, name: str, version: str | None = None) -> None:
+        if version is None:
+            self.unload_model(name)
+            self.repository.delete(name)
+            self.models.pop(name, None)
+        else:
+            self.repository.delete(name, version)
+            self.load_model(name)
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        index = []
+        names = {m.name for m in self.repository.scan()} | set(self.models)
+        for name in sorted(names):
+            state = self.models.get(name) or ModelState(name)
+            if ready_only and state.state != "READY":
+                continue
+            entry: dict[str, Any] = {"name": name, "state": state.state, "reason": state.reason}
+            latest = state.latest
+            if latest is not None:
+                entry["version"] = latest.source.version
+            index.append(entry)
+        return index
+
+    def backend(self, name: str, version: str | None = None) -> Backend:
+        state = self.models.get(name)
+        if state is None:
+            raise ModelNotFoundError(f"unknown model {name!r}")
+        if version:
+            backend = state.versions.get(version)
+            if backend is None:
+                if state.state == "READY":
+                    raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r}")
+                raise ModelNotReadyError(f"model {name!r} is not loaded ({state.reason})")
+        else:
+            backend = state.latest
+            if backend is None:
+                raise ModelNotReadyError(
+                    f"model {name!r} is not loaded" + (f" ({state.reason})" if state.reason else "")
+                )
+        if not backend.ready:
+            raise ModelNotReadyError(f"model {name!r} is not ready")
+        return backend
+
+    def models_with(self, capability: str) -> list[str]:
+        """Names of loaded models whose backend has `capability` (for capability routers,
+        e.g. the OpenAI API lists the text-generation models)."""
+        names = []
+        for name, state in sorted(self.models.items()):
+            backend = state.latest
+            if backend is not None and capability in getattr(backend, "capabilities", ()):
+                names.append(name)
+        return names
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            return self.backend(name, version).ready and not self.draining
+        except ModelNotReadyError:
+            return False
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        backend = self.backend(name, version)
+        state = self.models[name]
+
+        def specs(items: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+
+        return {
+            "name": name,
+            "versions": sorted(state.versions, key=int),
+            "platform": backend.name,
+            "inputs": specs(backend.inputs),
+            "outputs": specs(backend.outputs),
+        }
+
