@@ -309,6 +309,8 @@ static int t_sched_exited_threads_end(void)
 	struct mlos_ml_stats s0, s;
 	int fd = open(MLOS_ML_DEVICE, O_RDWR | O_CLOEXEC), i, r;
 	struct short_lived t;
+	double deadline;
+	char path[64];
 	pthread_t th;
 
 	CHECK(fd >= 0, "open: %s", strerror(errno));
@@ -326,6 +328,10 @@ static int t_sched_exited_threads_end(void)
 		atomic_store(&t.go, 1);
 		pthread_join(th, NULL);
 		CHECK(r == 0, "register thread %d: %d", sr.tid, r);
+		/* join returns when the thread clears its tid, before the kernel unhashes it */
+		snprintf(path, sizeof(path), "/proc/self/task/%d", sr.tid);
+		for (deadline = now() + 5; !access(path, F_OK) && now() < deadline;)
+			usleep(200);
 	}
 	/* Any later call on the descriptor ends what the exited threads left. */
 	mlos_ioctl(fd, MLOS_ML_IOC_SCHED_UNREGISTER, &un);
