@@ -62,6 +62,6 @@ def booted(request: pytest.FixtureRequest, selftest_binaries: dict,
     seed = os.environ.get("MLOS_FUZZ_SEED") or str(int(time.time()) % 1_000_000 + 1)
     run = guest.run_guest(image, cpio, devices=devices, timeout=600,
                           append=f"mlos.gpus={len(devices)} {fuzz} mlos.seed={seed} "
-                                 f"mlos.modes={','.join(MODES)} {GUEST_DEBUG}")
+                                 f"mlos.race=1 mlos.modes={','.join(MODES)} {GUEST_DEBUG}")
     yield abi, len(devices), run
     shutil.rmtree(work, ignore_errors=True)

@@ -19,6 +19,7 @@ SEED=$(arg seed)
 MODES=$(arg modes | tr , ' ')
 EXTRA=$(arg extra)
 RESERVED=$(arg reserved)
+RACE=$(arg race)
 
 r kernel "$(uname -r)"
 r cpus "$(nproc)"
@@ -42,7 +43,7 @@ for mode in $MODES; do
     /mlos_ml_test "$GPUS" > /tmp/tap 2>&1
     r "$mode" selftest_rc $?
     sed "s/^/MLOS-TAP $mode /" /tmp/tap
-    if [ -x /mlos_ml_race ]; then
+    if [ -x /mlos_ml_race ] && [ "$RACE" = 1 ]; then
         /mlos_ml_race > /tmp/race 2>&1
         r "$mode" race_rc $?
         sed "s/^/MLOS-RACE $mode /" /tmp/race
