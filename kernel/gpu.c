@@ -210,26 +210,22 @@ long mlos_gpu_lease(struct mlos_file *mf, void __user *arg)
 	lease->gpu = gpu;
 	lease->size = req.size;
 
-	mutex_lock(&mf->lock);
-	id = idr_alloc(&mf->leases, lease, 1, 0, GFP_KERNEL);
-	mutex_unlock(&mf->lock);
+	id = mlos_id_reserve(mf, &mf->leases);
 	if (id < 0) {
 		ret = id;
 		goto out_unuse;
 	}
-	atomic64_inc(&mlos_counters.leases);
-	atomic64_add(req.size, &mlos_counters.leased_bytes);
 	req.gpu = gpu;
 	req.lease_id = id;
 	if (copy_to_user(arg, &req, sizeof(req))) {
-		mutex_lock(&mf->lock);
-		idr_remove(&mf->leases, id);
-		mutex_unlock(&mf->lock);
-		atomic64_dec(&mlos_counters.leases);
-		atomic64_sub(req.size, &mlos_counters.leased_bytes);
+		/* Unpublished, so no release by a guessed id can have ended it already. */
+		mlos_id_unreserve(mf, &mf->leases, id);
 		ret = -EFAULT;
 		goto out_unuse;
 	}
+	atomic64_inc(&mlos_counters.leases);
+	atomic64_add(lease->size, &mlos_counters.leased_bytes);
+	mlos_id_publish(mf, &mf->leases, id, lease);
 	return 0;
 
 out_unuse:
@@ -262,9 +258,7 @@ long mlos_gpu_release(struct mlos_file *mf, void __user *arg)
 		return -EFAULT;
 	if (req.reserved || req.lease_id > INT_MAX)
 		return -EINVAL;
-	mutex_lock(&mf->lock);
-	lease = idr_remove(&mf->leases, req.lease_id);
-	mutex_unlock(&mf->lock);
+	lease = mlos_id_take(mf, &mf->leases, req.lease_id);
 	if (!lease)
 		return -ENOENT;
 	mlos_gpu_lease_end(lease);

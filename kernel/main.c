@@ -50,6 +50,53 @@ MODULE_PARM_DESC(latency_qos_us, "CPU wake-up latency bound (us) held while late
 
 struct mlos_counters mlos_counters;
 
+int mlos_id_reserve(struct mlos_file *mf, struct idr *idr)
+{
+	int id;
+
+	mutex_lock(&mf->lock);
+	id = idr_alloc(idr, NULL, 1, 0, GFP_KERNEL);
+	mutex_unlock(&mf->lock);
+	return id;
+}
+
+void mlos_id_publish(struct mlos_file *mf, struct idr *idr, int id, void *obj)
+{
+	void *old;
+
+	mutex_lock(&mf->lock);
+	old = idr_replace(idr, obj, id);
+	mutex_unlock(&mf->lock);
+	/* Only the reserving call may publish or unreserve: anything else is our bug. */
+	WARN_ON(old);
+}
+
+void mlos_id_unreserve(struct mlos_file *mf, struct idr *idr, int id)
+{
+	mutex_lock(&mf->lock);
+	WARN_ON(idr_find(idr, id));
+	idr_remove(idr, id);
+	mutex_unlock(&mf->lock);
+}
+
+/*
+ * Removes a published id and hands its reference to the caller; NULL for an id
+ * that is free or still reserved. idr_remove() alone would also free a
+ * reservation, letting a guessed id pull the slot from under its creator.
+ */
+void *mlos_id_take(struct mlos_file *mf, struct idr *idr, u32 id)
+{
+	void *obj = NULL;
+
+	if (id > INT_MAX)
+		return NULL;
+	mutex_lock(&mf->lock);
+	if (idr_find(idr, id))
+		obj = idr_remove(idr, id);
+	mutex_unlock(&mf->lock);
+	return obj;
+}
+
 static int mlos_open(struct inode *inode, struct file *file)
 {
 	struct mlos_file *mf = kzalloc(sizeof(*mf), GFP_KERNEL);

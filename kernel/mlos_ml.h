@@ -36,6 +36,18 @@ struct mlos_file {
 	struct idr leases;		/* lease id -> struct mlos_gpu_lease */
 };
 
+/*
+ * The id lifecycle (main.c), the one rule every create/destroy pair follows:
+ * an id is reserved (its entry NULL: lookups and destroy see nothing), the
+ * result is copied to the caller, and only then is the object published. A
+ * failed copy unreserves an id no other thread could have touched, so the
+ * creator still owns its only reference. Destroy takes only published ids.
+ */
+int mlos_id_reserve(struct mlos_file *mf, struct idr *idr);
+void mlos_id_publish(struct mlos_file *mf, struct idr *idr, int id, void *obj);
+void mlos_id_unreserve(struct mlos_file *mf, struct idr *idr, int id);
+void *mlos_id_take(struct mlos_file *mf, struct idr *idr, u32 id);
+
 /* Global figures, reported by MLOS_ML_IOC_STATS and the stats sysfs file. */
 struct mlos_counters {
 	atomic64_t pools, buffers, pinned_pages;

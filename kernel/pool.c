@@ -18,6 +18,7 @@
 #include <linux/module.h>
 #include <linux/nodemask.h>
 #include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/uaccess.h>
@@ -110,6 +111,11 @@ long mlos_pool_create(struct mlos_file *mf, void __user *arg)
 		goto out_free_arrays;
 	}
 	for (i = 0; i < npages; i++) {
+		/* A killed creator (a crash, an OOM kill) must not sit out a 1 GiB fill. */
+		if (fatal_signal_pending(current)) {
+			ret = -EINTR;
+			goto out_free_pages;
+		}
 		pool->pages[i] = alloc_pages_node(req.numa_node, GFP_KERNEL | __GFP_ZERO |
 						  __GFP_NOWARN | __GFP_RETRY_MAYFAIL, 0);
 		if (!pool->pages[i]) {
@@ -124,22 +130,20 @@ long mlos_pool_create(struct mlos_file *mf, void __user *arg)
 	mmgrab(current->mm);
 	pool->mm = current->mm;
 
-	mutex_lock(&mf->lock);
-	id = idr_alloc(&mf->pools, pool, 1, 0, GFP_KERNEL);
-	mutex_unlock(&mf->lock);
+	id = mlos_id_reserve(mf, &mf->pools);
 	if (id < 0) {
 		ret = id;
 		goto out_drop_mm;
 	}
-	atomic64_inc(&mlos_counters.pools);
 	req.pool_id = id;
 	if (copy_to_user(arg, &req, sizeof(req))) {
-		mutex_lock(&mf->lock);
-		idr_remove(&mf->pools, id);
-		mutex_unlock(&mf->lock);
-		mlos_pool_put(pool);	/* undoes everything above */
-		return -EFAULT;
+		/* Nobody else could see the id: the creator's reference is still the only one. */
+		mlos_id_unreserve(mf, &mf->pools, id);
+		ret = -EFAULT;
+		goto out_drop_mm;
 	}
+	atomic64_inc(&mlos_counters.pools);
+	mlos_id_publish(mf, &mf->pools, id, pool);
 	mlos_dbg(1, "pool %d: %llu pages on node %d for pid %d\n", id, npages, req.numa_node,
 		 task_pid_nr(current));
 	return 0;
@@ -184,9 +188,7 @@ long mlos_pool_destroy(struct mlos_file *mf, void __user *arg)
 		return -EFAULT;
 	if (req.reserved || req.pool_id > INT_MAX)
 		return -EINVAL;
-	mutex_lock(&mf->lock);
-	pool = idr_remove(&mf->pools, req.pool_id);
-	mutex_unlock(&mf->lock);
+	pool = mlos_id_take(mf, &mf->pools, req.pool_id);
 	if (!pool)
 		return -ENOENT;
 	/* Live buffers keep the pages until their last descriptor or mapping goes. */

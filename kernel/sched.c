@@ -142,6 +142,8 @@ static void mlos_sched_qos_put(void)
 	}
 }
 
+static void mlos_sched_reap(struct mlos_file *mf);
+
 long mlos_sched_register(struct mlos_file *mf, void __user *arg)
 {
 	struct mlos_ml_sched_register req;
@@ -194,6 +196,7 @@ long mlos_sched_register(struct mlos_file *mf, void __user *arg)
 	}
 
 	mutex_lock(&mlos_sched_mutex);
+	mlos_sched_reap(mf);
 	list_for_each_entry(other, &mlos_sched_all, global_node) {
 		if (other->pid == task_pid(task)) {
 			ret = -EBUSY;
@@ -281,16 +284,46 @@ static void mlos_sched_restore(struct mlos_sched_reg *reg)
 	kfree(reg);
 }
 
-/* This descriptor's registration of tid (0: the caller), or NULL; with mf->lock held. */
+/*
+ * This descriptor's registration of tid (0: the caller), or NULL; with mf->lock held.
+ * Matched by struct pid, not by number: a registration outliving its thread holds
+ * that thread's pid, which no new thread reusing the number can be mistaken for.
+ */
 static struct mlos_sched_reg *mlos_sched_find(struct mlos_file *mf, s32 tid)
 {
-	struct mlos_sched_reg *reg;
-	pid_t nr = tid ? tid : task_pid_vnr(current);
+	struct mlos_sched_reg *reg, *found = NULL;
+	struct pid *want;
 
-	list_for_each_entry(reg, &mf->sched_regs, file_node)
-		if (pid_vnr(reg->pid) == nr)
-			return reg;
-	return NULL;
+	rcu_read_lock();
+	want = tid ? find_vpid(tid) : task_pid(current);
+	if (want)
+		list_for_each_entry(reg, &mf->sched_regs, file_node)
+			if (reg->pid == want) {
+				found = reg;
+				break;
+			}
+	rcu_read_unlock();
+	return found;
+}
+
+/*
+ * Ends this descriptor's registrations whose thread is gone (nothing to restore), so a
+ * register-and-exit loop cannot grow the list without bound; with mlos_sched_mutex held.
+ */
+static void mlos_sched_reap(struct mlos_file *mf)
+{
+	struct mlos_sched_reg *reg, *tmp;
+	LIST_HEAD(dead);
+
+	mutex_lock(&mf->lock);
+	list_for_each_entry_safe(reg, tmp, &mf->sched_regs, file_node)
+		if (!pid_has_task(reg->pid, PIDTYPE_PID))
+			list_move(&reg->file_node, &dead);
+	mutex_unlock(&mf->lock);
+	list_for_each_entry_safe(reg, tmp, &dead, file_node) {
+		list_del(&reg->global_node);
+		mlos_sched_restore(reg);
+	}
 }
 
 long mlos_sched_unregister(struct mlos_file *mf, void __user *arg)
@@ -303,6 +336,8 @@ long mlos_sched_unregister(struct mlos_file *mf, void __user *arg)
 	if (req.reserved || req.tid < 0)
 		return -EINVAL;
 	mutex_lock(&mlos_sched_mutex);
+	/* An exited thread's registration ends here too (its tid finds nothing any more). */
+	mlos_sched_reap(mf);
 	mutex_lock(&mf->lock);
 	reg = mlos_sched_find(mf, req.tid);
 	if (reg)

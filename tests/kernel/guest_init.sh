@@ -1,8 +1,9 @@
 #!/bin/busybox sh
 # SPDX-License-Identifier: GPL-2.0-only
 # /init of the mlos-ml test guest (busybox initramfs). Loads the module in each mode,
-# checks sysfs, runs the TAP selftests and the ioctl fuzzer, unloads, checks the kernel
-# log. Every finding is one "MLOS-RESULT ..." line on the serial console for pytest.
+# checks sysfs, runs the TAP selftests, the race selftests, the multi-threaded and the
+# single-threaded ioctl fuzzers, unloads, checks the kernel log. Every finding is one
+# "MLOS-RESULT ..." line on the serial console for pytest.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -18,6 +19,7 @@ SEED=$(arg seed)
 MODES=$(arg modes | tr , ' ')
 EXTRA=$(arg extra)
 RESERVED=$(arg reserved)
+RACE=$(arg race)
 
 r kernel "$(uname -r)"
 r cpus "$(nproc)"
@@ -41,6 +43,19 @@ for mode in $MODES; do
     /mlos_ml_test "$GPUS" > /tmp/tap 2>&1
     r "$mode" selftest_rc $?
     sed "s/^/MLOS-TAP $mode /" /tmp/tap
+    if [ -x /mlos_ml_race ] && [ "$RACE" = 1 ]; then
+        /mlos_ml_race > /tmp/race 2>&1
+        r "$mode" race_rc $?
+        sed "s/^/MLOS-RACE $mode /" /tmp/race
+    fi
+    MTFUZZ=$(arg "mtfuzz_$mode")
+    if [ -x /mlos_ml_fuzz_mt ] && [ -n "$MTFUZZ" ] && [ "$MTFUZZ" != 0 ]; then
+        start=$(date +%s)
+        /mlos_ml_fuzz_mt "$MTFUZZ" "${SEED:-1}" 4 > /tmp/mtfuzz 2>&1
+        r "$mode" mtfuzz_rc $?
+        r "$mode" mtfuzz_seconds $(( $(date +%s) - start ))
+        sed "s/^/MLOS-MTFUZZ $mode /" /tmp/mtfuzz
+    fi
     FUZZ=$(arg "fuzz_$mode")
     FUZZ=${FUZZ:-$FUZZ_DEFAULT}
     if [ -n "$FUZZ" ] && [ "$FUZZ" != 0 ]; then
@@ -56,7 +71,9 @@ for mode in $MODES; do
     if rmmod mlos_ml; then r "$mode" rmmod ok; else r "$mode" rmmod fail; fi
 done
 dmesg > /tmp/dmesg
-bad='BUG:|WARNING:|Oops|general protection|Call Trace|refcount_t|list_add corruption|UBSAN|KASAN|kernel BUG'
+# Oopses, WARNs, refcount_t saturation, list and slab corruption (SLUB's own reports read
+# "BUG kmalloc-96 (...): Object already free"), KFENCE/KASAN/UBSAN, bad page state.
+bad='BUG:|BUG [-a-z0-9_]+ \(|WARNING:|Oops|general protection|Call Trace|refcount_t|list_(add|del) corruption|UBSAN|KASAN|KFENCE|kernel BUG|double free|use-after-free|Bad page'
 r dmesg_bad "$(grep -cE "$bad" /tmp/dmesg)"
 grep -E "$bad" /tmp/dmesg | head -40 | sed 's/^/MLOS-DMESG /'
 grep -i mlos /tmp/dmesg | head -20 | sed 's/^/MLOS-KLOG /'

@@ -28,6 +28,7 @@ INIT_SCRIPT = HERE / "guest_init.sh"
 MODULE_SOURCES = ("Kbuild", "Makefile", "dkms.conf", "compat.h", "mlos_ml.h", "main.c", "pool.c",
                   "sched.c", "gpu.c", "include")
 UBUNTU_HEADERS = REPO / ".cache" / "ubuntu-headers"
+SELFTESTS = ("mlos_ml_test", "mlos_ml_race", "mlos_ml_fuzz", "mlos_ml_fuzz_mt")
 
 
 def guest_kernels() -> list[str]:
@@ -94,7 +95,7 @@ def build_module(kdir: Path, workdir: Path, extra: Iterable[str] = ()) -> Module
 def build_selftests(workdir: Path) -> dict[str, Path]:
     """Static selftest and fuzzer binaries (they run in a bare busybox guest)."""
     out = {}
-    for prog in ("mlos_ml_test", "mlos_ml_fuzz"):
+    for prog in SELFTESTS:
         dst = workdir / prog
         src = KERNEL_SRC / "selftests" / f"{prog}.c"
         subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Wno-sign-compare",

@@ -14,6 +14,12 @@
  * are their own descriptors (returned by MLOS_ML_IOC_BUF_ALLOC): mmap them,
  * pass them to another process over a UNIX socket; their pages go back to the
  * pool when the last descriptor and mapping are gone.
+ *
+ * Ids (pool_id, lease_id) and buffer fds exist once the creating call has
+ * returned 0: a create whose result cannot be written back (-EFAULT) leaves
+ * nothing behind, and no other thread can reach the object before then.
+ * Registrations follow the thread, not its number: one whose thread exited
+ * ends at the descriptor's next SCHED_REGISTER or SCHED_UNREGISTER.
  */
 #ifndef _UAPI_MLOS_ML_H
 #define _UAPI_MLOS_ML_H
