@@ -71,6 +71,9 @@ class MkosiDiskTarget(Target):
     name = "mkosi-disk"
     summary = "a {command} image (raw UEFI disk)"
     spec: ImageSpec
+    # mkosi 24.3 names its incremental cache by distribution, release and architecture
+    # only: targets of the same distribution keep theirs apart, or each evicts the other's.
+    mkosi_cache = "mkosi"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, command: str, *,
@@ -170,7 +173,7 @@ class MkosiDiskTarget(Target):
             ["mkosi", "--directory", project,
              "--output-dir", mkosi_out,
              "--package-cache-dir", spec.cache_dir / "packages",
-             "--cache-dir", spec.cache_dir / "mkosi",
+             "--cache-dir", spec.cache_dir / self.mkosi_cache,
              "--incremental", "yes",
              "--force", "build"],
             what=f"mkosi build of {spec.name}",
