@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -151,6 +152,10 @@ def test_podman_on_this_host_answers_tritonclient(host_image: str) -> None:
     image, _, _ = load_container("container")
     argv = run_arguments(image, host_image, name=name, detach=True, models_volume=name,
                          publish={8080: f"127.0.0.1:{rest}", 8081: f"127.0.0.1:{grpc}"})
+    # Nor may it raise RLIMIT_MEMLOCK past this host's hard limit (userspace pins nothing).
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    if hard != resource.RLIM_INFINITY and hard < image.memlock:
+        argv[argv.index(f"memlock={image.memlock}:{image.memlock}")] = f"memlock={hard}:{hard}"
     started = run([*HOST_PODMAN, argv[0], *HOST_ULIMITS, *argv[1:]], what="podman run")
     try:
         health = wait_ready(f"http://127.0.0.1:{rest}", 180)
