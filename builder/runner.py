@@ -31,6 +31,14 @@ TOOL_PACKAGES: dict[str, str] = {
     "qemu-img": "qemu-utils",
     "apt-get": "apt",
     "dpkg": "dpkg",
+    "mksquashfs": "squashfs-tools",
+    "unsquashfs": "squashfs-tools",
+    "ignition-validate": "ignition",
+    "xz": "xz-utils",
+    "zstd": "zstd",
+    "make": "make (build-essential)",
+    "gcc": "gcc (build-essential)",
+    "strip": "binutils",
 }
 
 # Lines of a failed command's output that explain the failure better than its status.

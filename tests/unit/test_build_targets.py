@@ -15,6 +15,7 @@ from mlos_build import apt, cli
 from mlos_build.data import distribution_target
 from mlos_build.errors import BuildError
 from mlos_build.targets import TARGETS, commands, target_class
+from mlos_build.targets.flatcar import FlatcarTarget
 from mlos_build.targets.mkosi_disk import MkosiDiskTarget
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_every_distribution_names_a_registered_target() -> None:
     served = commands()
     assert served["ubuntu"] is MkosiDiskTarget and served["debian"] is MkosiDiskTarget
+    assert served["flatcar"] is FlatcarTarget
     for name, cls in served.items():
         assert TARGETS[distribution_target(name)] is cls
     assert set(apt.distribution_names()) == {"ubuntu", "debian"}
@@ -58,5 +60,4 @@ def test_an_unknown_target_in_the_data_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert lines == ["mlos-build: error: images/distributions/debian.yaml names an unknown "
-                     "build target 'nosuch'",
-                     "  hint: valid targets: " + ", ".join(sorted(TARGETS))]
+                     "build target 'nosuch'", "  hint: valid targets: " + ", ".join(sorted(TARGETS))]

@@ -1,0 +1,224 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What a Flatcar build is made of: the Flatcar data (images/distributions/flatcar.yaml),
+the provisioning data (ignition/provision.yaml) and the spec of one build. sysext.py,
+kernel_tree.py and ignition.py build from these; targets/flatcar.py wires them to the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from mlos_build.data import REPO_ROOT, distribution_data
+from mlos_build.errors import BuildError
+from mlos_build.spec import BuildSpec
+
+VERSION_RE = re.compile(r"\d+\.\d+\.\d+")
+# An authorized_keys line: optional options, then a key type and its base64 blob.
+SSH_KEY_RE = re.compile(
+    r"(?:^|\s)(ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|"
+    r"sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)\s+[A-Za-z0-9+/]+={0,3}(?:\s|$)")
+# What an API key may hold: it travels in an HTTP header and an environment file.
+API_KEY_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+SHA512_RE = re.compile(r"[0-9a-f]{128}")
+
+
+def ignition_dir() -> Path:
+    """The ignition/ tree (provisioning data, sysext layout); MLOS_IGNITION_DIR overrides."""
+    return Path(os.environ.get("MLOS_IGNITION_DIR", REPO_ROOT / "ignition"))
+
+
+@dataclass(frozen=True)
+class FlatcarData:
+    """images/distributions/flatcar.yaml: what Flatcar is."""
+
+    os_release_id: str
+    architecture: str
+    required_kernel_config: tuple[str, ...]
+    kernel_architecture_config: str
+    container_runtime: str
+    container_runtime_unit: str
+
+    @classmethod
+    def load(cls) -> FlatcarData:
+        data = distribution_data("flatcar")
+        return cls(os_release_id=data["os_release_id"], architecture=data["architecture"],
+                   required_kernel_config=tuple(data["required_kernel_config"]),
+                   kernel_architecture_config=data["kernel_architecture_config"],
+                   container_runtime=data["container_runtime"],
+                   container_runtime_unit=data["container_runtime_unit"])
+
+
+@dataclass(frozen=True)
+class Provision:
+    """ignition/provision.yaml: what MLOS puts on a node."""
+
+    extension: str
+    extensions_dir: str
+    link_dir: str
+    config_dir: str
+    state_dir: str
+    models_dir: str
+    ssh_user: str
+    service_user: dict[str, Any]
+    container: dict[str, str]
+    ports: dict[str, int]
+    memlock_bytes: int
+    inline_max_bytes: int
+
+    @classmethod
+    def load(cls) -> Provision:
+        path = ignition_dir() / "provision.yaml"
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ExtraFile:
+    """--extra-file SRC:DEST: a small file Ignition writes on the node."""
+
+    source: Path
+    dest: str
+    mode: int
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlatcarSpec(BuildSpec):
+    """One Flatcar build: the variant, the release its sysext is bound to, and what the
+    Ignition config adds (keys, files, where the sysext comes from)."""
+
+    flatcar_version: str
+    flatcar: FlatcarData
+    provision: Provision
+    # The container image the service runs; archive: shipped in the sysext and loaded
+    # there, else pulled by the runtime from the registry the reference names.
+    container_image: str
+    container_archive: Path | None = None
+    sysext_url: str | None = None
+    sysext_sha512: str | None = None
+    ssh_keys: tuple[str, ...] = ()
+    api_key: str | None = None
+    extra_files: tuple[ExtraFile, ...] = ()
+    kernel_build_tree: Path | None = None
+    sign_key: Path | None = None
+    sign_cert: Path | None = None
+    source_date_epoch: int = 0
+    cache_dir: Path = field(default=Path("/var/cache/mlos-build"))
+
+    @property
+    def name(self) -> str:
+        return f"mlos-{self.variant.name}-{self.flatcar_version}-{self.flatcar.architecture}"
+
+    @property
+    def sysext_file(self) -> str:
+        return f"{self.name}.raw"
+
+    @property
+    def sysext_path(self) -> str:
+        """Where Ignition places the sysext on the node."""
+        return str(PurePosixPath(self.provision.extensions_dir) / self.sysext_file)
+
+    @property
+    def sysext_link(self) -> str:
+        return str(PurePosixPath(self.provision.link_dir) / f"{self.provision.extension}.raw")
+
+
+def check_flatcar_version(version: str) -> str:
+    if not VERSION_RE.fullmatch(version):
+        raise BuildError(f"--flatcar-version {version!r} is not a Flatcar release",
+                         hint="give MAJOR.MINOR.PATCH as in the node's /etc/os-release "
+                         "VERSION_ID, e.g. 4152.2.3")
+    return version
+
+
+def read_ssh_keys(paths: list[Path]) -> tuple[str, ...]:
+    keys: list[str] = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BuildError(f"--ssh-key {path}: cannot read it ({getattr(exc, 'strerror', exc)})",
+                             hint="give a public key file such as ~/.ssh/id_ed25519.pub") from exc
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")]
+        if not lines:
+            raise BuildError(f"--ssh-key {path} holds no key",
+                             hint="give a public key file such as ~/.ssh/id_ed25519.pub")
+        for line in lines:
+            if not SSH_KEY_RE.search(line):
+                raise BuildError(f"--ssh-key {path}: {line[:40]!r} is not an SSH public key",
+                                 hint="give the .pub file (ssh-ed25519 AAAA... comment), "
+                                 "never the private key")
+            keys.append(line)
+    return tuple(keys)
+
+
+def read_api_key(path: Path) -> str:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError(f"--api-key-file {path}: cannot read it "
+                         f"({getattr(exc, 'strerror', exc)})",
+                         hint="give a file holding the key on one line") from exc
+    if not API_KEY_RE.fullmatch(key):
+        raise BuildError(f"--api-key-file {path} does not hold a usable key",
+                         hint="16 to 256 characters of letters, digits and ._~+/=- on one "
+                         "line, e.g. from: openssl rand -hex 32")
+    return key
+
+
+def parse_extra_file(value: str, provision: Provision, reserved: set[str]) -> ExtraFile:
+    src, sep, dest = value.partition(":")
+    if not sep or not src or not dest:
+        raise BuildError(f"--extra-file {value!r} is not SRC:DEST",
+                         hint="e.g. --extra-file ./chrony.conf:/etc/chrony.conf")
+    target = PurePosixPath(dest)
+    if not target.is_absolute() or ".." in target.parts or str(target) != dest:
+        raise BuildError(f"--extra-file {value}: {dest} is not a plain absolute path",
+                         hint="give the node path in full, e.g. /etc/chrony.conf")
+    if target.parts[1] == "usr":
+        raise BuildError(f"--extra-file {value}: Flatcar's /usr is read-only",
+                         hint="put it under /etc, /opt or /var (or into a system extension)")
+    if dest in reserved:
+        raise BuildError(f"--extra-file {value}: mlos-build writes {dest} itself",
+                         hint="change it through its own option, or pick another path")
+    path = Path(src)
+    try:
+        info = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BuildError(f"--extra-file {value}: cannot read {src} ({exc.strerror})",
+                         hint="give a readable file on this machine") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise BuildError(f"--extra-file {value}: {src} is not a file",
+                         hint="give one file per --extra-file")
+    if len(data) > provision.inline_max_bytes:
+        raise BuildError(f"--extra-file {value}: {len(data)} bytes is too big to inline in "
+                         "the Ignition config",
+                         hint=f"keep extra files under {provision.inline_max_bytes} bytes; "
+                         "ship bigger ones in a system extension or fetch them at boot")
+    return ExtraFile(source=path, dest=dest, mode=stat.S_IMODE(info.st_mode), data=data)
+
+
+def check_sysext_url(url: str | None, sha512: str | None) -> tuple[str | None, str | None]:
+    if sha512 is not None:
+        sha512 = sha512.lower().removeprefix("sha512-")
+        if not SHA512_RE.fullmatch(sha512):
+            raise BuildError("--sysext-sha512 is not a SHA-512 digest",
+                             hint="give the 128 hex digits that sha512sum prints for the .raw")
+    if url is not None and not url.startswith("https://"):
+        raise BuildError(f"--sysext-url {url} is not an https URL",
+                         hint="serve the .raw over https; Ignition checks it against the "
+                         "sha512 in the config")
+    if sha512 is not None and url is None:
+        raise BuildError("--sysext-sha512 without --sysext-url",
+                         hint="the digest verifies a download: give the URL too")
+    return url, sha512
