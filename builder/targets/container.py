@@ -25,18 +25,11 @@ from mlos_build.apt import load_distribution
 from mlos_build.data import distribution_data, images_dir, load_variant
 from mlos_build.errors import BuildError
 from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec, render
-from mlos_build.runner import require_tools, run
+from mlos_build.runner import run
 from mlos_build.targets.base import BuildResult, register
-from mlos_build.targets.common import (
-    DEFAULT_OUTPUT_DIR,
-    SYSTEM_PATH,
-    cache_lock,
-    check_free_space,
-    update_checksums,
-)
-from mlos_build.targets.mkosi_disk import MkosiDiskTarget, check_mirror
+from mlos_build.targets.common import DEFAULT_OUTPUT_DIR, SYSTEM_PATH, update_checksums
+from mlos_build.targets.mkosi_disk import MkosiDiskTarget
 
-CONTAINER_TOOLS = ["mkosi", "umoci", "skopeo"]
 # The image carries no module: the host's module decides the mode.
 IMAGE_VARIANT = "userspace"
 
@@ -123,6 +116,7 @@ class ContainerTarget(MkosiDiskTarget):
     summary = "the MLOS Core {command} image (oci-archive for podman load / docker load)"
     spec: ContainerSpec
     mkosi_cache = "mkosi-container"
+    tools = ["mkosi", "umoci", "skopeo"]
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, command: str, *,
@@ -159,24 +153,8 @@ class ContainerTarget(MkosiDiskTarget):
 
     def build(self, output_dir: Path) -> BuildResult:
         spec = self.spec
-        require_tools(CONTAINER_TOOLS)
-        check_free_space([output_dir, spec.cache_dir])
-        check_mirror(spec.mirror, spec.release)
         start = time.monotonic()
-        work = output_dir / f".{spec.name}.work"
-        if work.exists():
-            shutil.rmtree(work)
-        project = work / "project"
-        self.progress(f"rendering the mkosi project into {project}")
-        self.render(project)
-        self.stage_assets(project / "assets")
-        spec.pip_cache_dir.mkdir(parents=True, exist_ok=True)
-        mkosi_out = work / "out"
-        log = output_dir / f"{spec.name}.build.log"
-        log.unlink(missing_ok=True)
-        with cache_lock(spec.cache_dir, self.progress):
-            self.progress(f"running mkosi (full log: {log})")
-            self._mkosi(project, mkosi_out, log)
+        work, mkosi_out, log = self.run_mkosi(output_dir)
         layout = work / "layout"
         self._configure(mkosi_out / spec.name, layout, log)
         archive = output_dir / f"{spec.name}.oci.tar"
