@@ -66,6 +66,10 @@ class Machine:
     memory_mib: int = 2048
     cpus: int = 2
     kvm: bool | None = None
+    # (host port, guest port) TCP forwards on 127.0.0.1 through user networking.
+    forwards: tuple[tuple[int, int], ...] = ()
+    # More QEMU arguments (shared directories, firmware config).
+    extra_args: tuple[str, ...] = ()
 
     def uses_kvm(self) -> bool:
         if self.kvm is None:
@@ -85,7 +89,9 @@ class Machine:
             "-drive", f"if=pflash,format=raw,file={vars_file}",
             "-drive", f"if=virtio,format=raw,file={self.image}"
             + ("" if interactive else ",snapshot=on"),
-            "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
+            "-netdev", "user,id=net0" + "".join(
+                f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in self.forwards),
+            "-device", "virtio-net-pci,netdev=net0",
             "-device", "virtio-rng-pci",
         ]
         if interactive:
@@ -102,7 +108,7 @@ class Machine:
                 raise BuildError("a kernel command line addition must not contain commas")
             argv += ["-smbios",
                      f"type=11,value=io.systemd.stub.kernel-cmdline-extra={cmdline_extra}"]
-        return argv
+        return [*argv, *self.extra_args]
 
 
 def _check_image(image: Path) -> None:
@@ -138,7 +144,7 @@ class TestResult:
         return bool(self.verdict.get("ok"))
 
 
-def _boot_for_verdict(machine: Machine, image: Path, progress: Progress, prefix: str,
+def boot_for_verdict(machine: Machine, image: Path, progress: Progress, prefix: str,
                       what: str, timeout_s: float, missing_hint: str,
                       **argv_options: Any) -> tuple[Any, float, Path]:
     """Boots a snapshot of the image until the guest powers off, and returns the last JSON
@@ -176,7 +182,7 @@ def smoke_test(image: Path, progress: Progress, timeout_s: float = 900,
                memory_mib: int = 2048, work_dir: Path | None = None) -> TestResult:
     """Boots the image (snapshot: the image is not changed), waits for the in-guest smoke
     test's verdict on the result port and the guest's power-off, and returns it."""
-    verdict, seconds, console = _boot_for_verdict(
+    verdict, seconds, console = boot_for_verdict(
         Machine(image, memory_mib), image, progress, "mlos-test-", "smoke-test verdict",
         timeout_s, "", work_dir=work_dir)
     return TestResult(verdict, seconds, console)
@@ -205,7 +211,7 @@ def validate(image: Path, progress: Progress, suite_args: list[str], timeout_s: 
              work_dir: Path | None = None) -> ValidateResult:
     """Boots the image (snapshot: the image is not changed) with the validation port, lets
     the guest run the report suite against its own service and returns what it sent."""
-    report, seconds, console = _boot_for_verdict(
+    report, seconds, console = boot_for_verdict(
         Machine(image, memory_mib, cpus), image, progress, "mlos-validate-",
         "validation results", timeout_s, "is this image built with mlos-validate.service? ",
         work_dir=work_dir, result_port=VALIDATE_PORT,

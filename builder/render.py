@@ -106,12 +106,18 @@ def template_root() -> Path:
     return images_dir() / "mkosi"
 
 
-def render(spec: ImageSpec, dest: Path) -> list[Path]:
-    """Writes the mkosi project for spec into dest (created or emptied); returns the files
-    written, relative to dest."""
-    root = template_root()
+def render(spec: ImageSpec, dest: Path, root: Path | None = None) -> list[Path]:
+    """Writes the mkosi project for spec into dest (created or emptied) from the template
+    tree root (default: images/mkosi); returns the files written, relative to dest.
+    Templates of every tree can include images/shared/X as "shared/X" and the disk
+    image's templates as "mkosi/X" (one copy of what the trees have in common)."""
+    root = root or template_root()
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(root)),
+        loader=jinja2.ChoiceLoader([
+            jinja2.FileSystemLoader(str(root)),
+            jinja2.PrefixLoader({"shared": jinja2.FileSystemLoader(str(images_dir() / "shared")),
+                                 "mkosi": jinja2.FileSystemLoader(str(template_root()))}),
+        ]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

@@ -5,7 +5,7 @@ Importing this package registers every target; a new target is a module here tha
 decorates its class with @register and is imported below.
 """
 
-from mlos_build.targets import flatcar, mkosi_disk  # noqa: F401  (each registers itself)
+from mlos_build.targets import container, flatcar, mkosi_disk  # noqa: F401  (each registers itself)
 from mlos_build.targets.base import TARGETS, BuildResult, Target, commands, target_class
 
 __all__ = ["TARGETS", "BuildResult", "Target", "commands", "target_class"]

@@ -72,6 +72,10 @@ class MkosiDiskTarget(Target):
     name = "mkosi-disk"
     summary = "a {command} image (raw UEFI disk)"
     spec: ImageSpec
+    # mkosi 24.3 names its incremental cache by distribution, release and architecture
+    # only: targets of the same distribution keep theirs apart, or each evicts the other's.
+    mkosi_cache = "mkosi"
+    tools = MKOSI_TOOLS
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, command: str, *,
@@ -136,12 +140,13 @@ class MkosiDiskTarget(Target):
             shutil.copy2(needed[3], assets / "99-mlos-ml.rules")
         demo_model.write_model(assets / "demo" / "1" / "model.onnx")
 
-    def build(self, output_dir: Path) -> BuildResult:
+    def run_mkosi(self, output_dir: Path) -> tuple[Path, Path, Path]:
+        """Renders the project, stages its assets and runs mkosi; returns the work
+        directory (removed by the caller when done), mkosi's output directory and the log."""
         spec = self.spec
-        require_tools(MKOSI_TOOLS)
+        require_tools(self.tools)
         check_free_space([output_dir, spec.cache_dir])
         check_mirror(spec.mirror, spec.release)
-        start = time.monotonic()
         work = output_dir / f".{spec.name}.work"
         if work.exists():
             shutil.rmtree(work)
@@ -158,6 +163,12 @@ class MkosiDiskTarget(Target):
         with cache_lock(spec.cache_dir, self.progress):
             self.progress(f"running mkosi (full log: {log})")
             self._mkosi(project, mkosi_out, log)
+        return work, mkosi_out, log
+
+    def build(self, output_dir: Path) -> BuildResult:
+        spec = self.spec
+        start = time.monotonic()
+        work, mkosi_out, _ = self.run_mkosi(output_dir)
         image = output_dir / f"{spec.name}.raw"
         shutil.move(mkosi_out / f"{spec.name}.raw", image)
         manifest = output_dir / f"{spec.name}.manifest.json"
@@ -185,7 +196,7 @@ class MkosiDiskTarget(Target):
             ["mkosi", "--directory", project,
              "--output-dir", mkosi_out,
              "--package-cache-dir", spec.cache_dir / "packages",
-             "--cache-dir", spec.cache_dir / "mkosi",
+             "--cache-dir", spec.cache_dir / self.mkosi_cache,
              "--incremental", "yes",
              "--force", "build"],
             what=f"mkosi build of {spec.name}",
