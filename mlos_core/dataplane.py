@@ -34,7 +34,7 @@ from .kernel_modes import KernelModes, versions
 from .metrics import Metrics
 from .plugins import PluginManager
 from .protocols.shm import SharedMemoryRegistry
-from .registry import ModelRepository, RepositoryModel
+from .registry import ImportedFile, ModelRepository, RepositoryModel
 from .runtime_mode import RuntimeMode, detect
 from .settings import Settings
 from .tensors import DTYPES, datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
@@ -254,12 +254,13 @@ class DataPlane:
     def register_model(
         self,
         name: str,
-        files: list[tuple[str, Path | bytes]],
+        files: list[tuple[str, Path | bytes | ImportedFile]],
         version: str | None = None,
         config: dict[str, Any] | None = None,
         load: bool = True,
     ) -> tuple[str, str]:
-        name, version = self.repository.add_version(name, files, version, config)
+        name, version = self.repository.add_version(
+            name, files, version, config, check=self._load_check if load else None)
         with self._model_lock:
             self.models.setdefault(name, ModelState(name))
         if load:
@@ -273,6 +274,12 @@ class DataPlane:
                     self.models.pop(name, None)
                 raise
         return name, version
+
+    def _load_check(self, staged: RepositoryModel) -> None:
+        """A staged version must load before it is renamed into the repository: a crash
+        between the rename and the real load then leaves a model that loads."""
+        for backend in self._load_versions(staged).values():
+            self._unload_backend(backend)
 
     def delete_model(self, name: str, version: str | None = None) -> None:
         if version is None:
@@ -465,11 +472,9 @@ class DataPlane:
         results = None
         shm_outputs = {o.name: o.shm for o in wanted or () if o.shm is not None}
         if shm_outputs and len(shm_outputs) == len(names):
-            targets = {
-                name: self.shm.get(ref.region).view(ref.offset, ref.byte_size)
-                for name, ref in shm_outputs.items()
-            }
-            results = backend.infer_into(arrays, targets)
+            targets = self.shm.targets(shm_outputs)  # None: POSIX regions, written after
+            if targets is not None:
+                results = backend.infer_into(arrays, targets)
         written = results is not None
         if results is None and self.kernel.pool is not None:
             results = self._infer_pooled(backend, arrays, names)
@@ -576,7 +581,7 @@ class DataPlane:
                 f"input {tensor.name!r}: shared_memory_byte_size {tensor.shm.byte_size} but shape "
                 f"{list(tensor.shape)} of {tensor.datatype} needs {needed}"
             )
-        view = region.view(tensor.shm.offset, tensor.shm.byte_size)
+        view = region.read(tensor.shm.offset, tensor.shm.byte_size)
         return from_bytes(view, tensor.datatype, tensor.shape, tensor.name)
 
     def _write_shm(self, ref: ShmRef, array: np.ndarray, name: str) -> None:
@@ -586,5 +591,4 @@ class DataPlane:
             raise InvalidInputError(
                 f"output {name!r} needs {size} bytes; shared memory gives {ref.byte_size}"
             )
-        view = self.shm.get(ref.region).view(ref.offset, size)
-        view[:] = data
+        self.shm.get(ref.region).write(ref.offset, data)
