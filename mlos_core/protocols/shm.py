@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..pools import PoolUnavailableError
 
 SHM_DIR = Path("/dev/shm")
 _NAME_MAX = 255
@@ -56,6 +57,9 @@ class Region:
     _map: mmap.mmap | None = None
     kind: str = "posix"  # posix | mlos-ml
     _fd: int = -1
+    #: A BufferPool (pools.py) the copies of inputs are read into: reused, already
+    #: faulted-in pages instead of a fresh allocation per request. None: allocate.
+    _buffers: Any = None
     _users: int = 0
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -104,8 +108,7 @@ class Region:
         start = self._span(offset, size)
         if self._map is not None:
             return memoryview(self._map)[start : start + size]
-        out = np.empty(size, dtype=np.uint8)  # not zero-filled: every byte is read into
-        view = out.data
+        view = self._buffer(size).data
         with self._descriptor() as fd:
             done = 0
             while done < size:
@@ -114,6 +117,12 @@ class Region:
                     raise self._truncated(fd, start + size)
                 done += n
         return view
+
+    def _buffer(self, size: int) -> np.ndarray:
+        if self._buffers is not None and size:
+            with contextlib.suppress(PoolUnavailableError):
+                return self._buffers.acquire(size)  # type: ignore[no-any-return]
+        return np.empty(size, dtype=np.uint8)  # not zero-filled: every byte is read into
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -220,7 +229,9 @@ class SharedMemoryRegistry:
                     f"shared memory {key!r} has {size} bytes, less than offset {offset} + "
                     f"byte_size {byte_size}"
                 )
-            self._regions[name] = Region(name, key, offset, byte_size, _fd=fd)
+            buffers = getattr(self.kernel, "request_pool", None)
+            self._regions[name] = Region(name, key, offset, byte_size, _fd=fd,
+                                         _buffers=buffers)
 
     def _register_mlos_ml(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not name or type(offset) is not int or type(byte_size) is not int or offset < 0 \
