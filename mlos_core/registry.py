@@ -9,7 +9,7 @@ repository (same filesystem), load-checked there, and only then renamed into pla
 crash mid-registration leaves only a hidden staging directory that the next start removes,
 never a half model nor one that cannot load.
 
-Registration by path (`import_files`) reads only below the directories the administrator
+Registration by path (mlos_core.model_import) reads only below the directories the administrator
 lists in the `import_roots` setting (docs/security.md).
 """
 
@@ -85,6 +85,7 @@ class ImportedFile:
 #: A load check run on a staged model version before it is renamed into place: it gets
 #: a RepositoryModel whose path is the staging copy and raises if no backend loads it.
 LoadCheck = Callable[["RepositoryModel"], None]
+
 
 @dataclass
 class RepositoryModel:
