@@ -7,7 +7,6 @@ INVALID_ARGUMENT / 400, never a silent wraparound or an UNKNOWN / 500."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +15,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from core_fixtures import *  # noqa: F403  (the fixtures)
+from core_fixtures import make_settings
 from core_models import make_identity
 from onnx import TensorProto
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -27,13 +26,17 @@ from mlos_core.server import MLOSServer
 TEXT = [b"abc", "caf\u00e9 \u2603".encode(), b"", b"with\x00nul", b"b'quoted'"]
 
 
-@pytest.fixture
-def typed(server_factory: Any, repo: Path) -> Iterator[MLOSServer]:
+@pytest.fixture(scope="module")
+def typed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLOSServer]:
+    """One server for the module: identity models for each datatype under test."""
+    repo = tmp_path_factory.mktemp("typed") / "models"
     for name, elem in (("strings", TensorProto.STRING), ("int32", TensorProto.INT32),
                        ("uint8", TensorProto.UINT8), ("int8", TensorProto.INT8),
                        ("fp16", TensorProto.FLOAT16)):
         make_identity(repo / name / "1" / "model.onnx", elem)
-    yield server_factory()
+    server = MLOSServer(make_settings(repo)).start_background()
+    yield server
+    server.stop_background()
 
 
 @pytest.mark.parametrize("protocol, binary", [("http", False), ("http", True), ("grpc", True)])
