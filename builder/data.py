@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from mlos_build.errors import BuildError
+from mlos_core.mlos_ml.params import mode_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,11 +80,30 @@ def load_variant(name: str) -> Variant:
     if name not in variant_names():
         raise BuildError(f"unknown variant '{name}'",
                          hint="valid variants: " + ", ".join(variant_names()))
-    data = _load_yaml(images_dir() / "variants" / f"{name}.yaml")
+    path = images_dir() / "variants" / f"{name}.yaml"
+    data = _load_yaml(path)
     module = data.get("module")
-    return Variant(
+    variant = Variant(
         name=data["name"],
         description=data["description"],
         runtime_mode=data["runtime_mode"],
         module=ModuleSpec(dict(module["parameters"])) if module else None,
     )
+    implied = implied_runtime_mode(variant.module)
+    if variant.runtime_mode != implied:
+        raise BuildError(
+            f"{path}: runtime_mode {variant.runtime_mode!r} disagrees with its module "
+            f"parameters, which make {implied!r}",
+            hint="fix runtime_mode or the parameters (the rule: mlos_core.mlos_ml.mode_for, "
+            "README's runtime-mode table)")
+    return variant
+
+
+def implied_runtime_mode(module: ModuleSpec | None) -> str:
+    """The runtime mode the service will report for an image with these module parameters
+    (no module: userspace), by the service's own rule."""
+    if module is None:
+        return "userspace"
+    p = module.parameters
+    return mode_for(*(bool(int(p.get(flag, 0))) for flag in
+                      ("enable_tmm", "enable_scheduler", "enable_gpu_manager")))

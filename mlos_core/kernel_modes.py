@@ -136,7 +136,9 @@ class KernelModes:
     # ---- start / stop ------------------------------------------------------------------
     def start(self) -> KernelModes:
         params = self.runtime.parameters
-        if params is None or self.runtime.mode == USERSPACE:
+        # A module loaded with enable_tmm=0 reports userspace but may still offer the
+        # scheduler: negotiate with the device whenever the module is loaded.
+        if params is None:
             self._all_unavailable("the mlos_ml module is not loaded (userspace mode)")
             return self
         try:
@@ -313,11 +315,7 @@ class KernelModes:
 
     def effective_mode(self) -> str:
         f = self.features
-        if not f[MEMORY].in_use:
-            return USERSPACE
-        if f[SCHEDULER].in_use and f[GPU].in_use:
-            return "kernel_full"
-        return "kernel_scheduler" if f[SCHEDULER].in_use else "kernel_basic"
+        return mlos_ml.mode_for(f[MEMORY].in_use, f[SCHEDULER].in_use, f[GPU].in_use)
 
     def health(self) -> dict[str, Any]:
         features = {name: f.to_dict() for name, f in self.features.items()}

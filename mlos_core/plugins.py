@@ -21,6 +21,17 @@ ENTRY_POINT_GROUP = "mlos.backends"
 log = logging.getLogger(__name__)
 
 
+def plain_file_name(value: object, what: str) -> str:
+    """A file name that stays inside its directory: no path separators, no '.' or '..',
+    nothing absolute (the model config could otherwise load files from anywhere)."""
+    if not isinstance(value, str) or not value or "/" in value or "\0" in value \
+            or value in (".", ".."):
+        raise ModelLoadError(
+            f"model config {what} {value!r} must be a plain file name inside the version "
+            "directory (no '/', not '..')")
+    return value
+
+
 class PluginManager:
     def __init__(self) -> None:
         self.backends: dict[str, type[Backend]] = {}
@@ -75,7 +86,7 @@ class PluginManager:
         files = sorted(p for p in version_dir.iterdir() if not p.name.startswith("."))
         default_file = config.get("default_model_filename")
         if default_file:
-            files = [version_dir / str(default_file)]
+            files = [version_dir / plain_file_name(default_file, "default_model_filename")]
         for file in files:
             for cls in candidates:
                 if any(file.name.endswith(fmt) for fmt in cls.formats):

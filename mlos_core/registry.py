@@ -5,8 +5,12 @@
     <repository>/<model>/config.yaml | config.json      (optional)
 
 Versions are positive integers. Every write is staged in a hidden directory inside the
-repository (same filesystem) and renamed into place, so a crash mid-registration leaves
-only a hidden staging directory that the next start removes, never a half model.
+repository (same filesystem), load-checked there, and only then renamed into place, so a
+crash mid-registration leaves only a hidden staging directory that the next start removes,
+never a half model nor one that cannot load.
+
+Registration by path (mlos_core.model_import) reads only below the directories the administrator
+lists in the `import_roots` setting (docs/security.md).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,24 +30,61 @@ import yaml
 
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch
 _STAGING_PREFIX = ".staging-"
 _TRASH_PREFIX = ".trash-"
 CONFIG_FILES = ("config.yaml", "config.yml", "config.json")
 
 
 def check_model_name(name: str) -> str:
-    if not _NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
         raise InvalidInputError(
             f"invalid model name {name!r}: use letters, digits, '_', '-', '.' (max 128)"
         )
     return name
 
 
+def is_version(name: str) -> bool:
+    """A version directory's name: ASCII digits only (str.isdigit also accepts '²')."""
+    return name.isascii() and name.isdigit() and len(name) <= 18 and int(name) > 0
+
+
 def check_version(version: str) -> str:
-    if not version.isdigit() or int(version) <= 0 or len(version) > 18:
+    if not isinstance(version, str) or not is_version(version):
         raise InvalidInputError(f"invalid model version {version!r}: use a positive integer")
     return str(int(version))
+
+
+#: The longest file name (bytes) most Linux filesystems store.
+_MAX_FILE_NAME = 255
+
+
+def check_file_name(filename: str) -> str:
+    """A model file name as registration stores it: plain, visible, storable."""
+    if not isinstance(filename, str) or not filename or "/" in filename \
+            or "\0" in filename or filename.startswith(".") \
+            or len(filename.encode("utf-8", "surrogateescape")) > _MAX_FILE_NAME:
+        raise InvalidInputError(
+            f"invalid model file name {filename!r}: a plain name (no '/', not starting "
+            f"with '.') of at most {_MAX_FILE_NAME} bytes")
+    return filename
+
+
+@dataclass(frozen=True)
+class ImportedFile:
+    """A file opened for registration by path (read-only, no symlink followed), copied
+    from its descriptor so that nothing can swap it between the check and the copy."""
+
+    fd: int
+    size: int
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+#: A load check run on a staged model version before it is renamed into place: it gets
+#: a RepositoryModel whose path is the staging copy and raises if no backend loads it.
+LoadCheck = Callable[["RepositoryModel"], None]
 
 
 @dataclass
@@ -77,7 +118,8 @@ class ModelRepository:
             return []
         models = []
         for entry in sorted(self.root.iterdir()):
-            if entry.name.startswith(".") or not entry.is_dir() or not _NAME.match(entry.name):
+            if entry.name.startswith(".") or not entry.is_dir() \
+                    or not _NAME.fullmatch(entry.name):
                 continue
             models.append(self._read_model(entry))
         return models
@@ -90,7 +132,7 @@ class ModelRepository:
 
     def _read_model(self, path: Path) -> RepositoryModel:
         versions = sorted(
-            (p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name)),
+            (p.name for p in path.iterdir() if p.is_dir() and is_version(p.name)),
             key=int,
         )
         return RepositoryModel(path.name, path, versions, self._read_config(path))
@@ -120,14 +162,17 @@ class ModelRepository:
     def add_version(
         self,
         name: str,
-        files: Iterable[tuple[str, Path | bytes]],
+        files: Iterable[tuple[str, Path | bytes | ImportedFile]],
         version: str | None = None,
         config: dict[str, Any] | None = None,
+        check: LoadCheck | None = None,
     ) -> tuple[str, str]:
-        """Add a version made of `files` ((filename, source path or bytes) pairs).
+        """Add a version made of `files` ((filename, source path, bytes or ImportedFile)
+        pairs).
 
         Returns (name, version). Without `version` the next integer is used. The version
-        directory appears atomically (rename of a fully written staging directory).
+        directory appears atomically (rename of a fully written staging directory), after
+        `check` accepted the staged copy.
         """
         check_model_name(name)
         model_dir = self.root / name
@@ -144,11 +189,13 @@ class ModelRepository:
             staged_version.mkdir(parents=True)
             count = 0
             for filename, source in files:
-                if not filename or "/" in filename or filename.startswith("."):
-                    raise InvalidInputError(f"invalid model file name {filename!r}")
-                target = staged_version / filename
+                target = staged_version / check_file_name(filename)
+                if target.exists():
+                    raise InvalidInputError(f"model file name {filename!r} given twice")
                 if isinstance(source, bytes):
                     target.write_bytes(source)
+                elif isinstance(source, ImportedFile):
+                    _copy_fd(source, target)
                 elif source.is_dir():
                     shutil.copytree(source, target)
                 else:
@@ -161,6 +208,10 @@ class ModelRepository:
             for path in staged_model.rglob("*"):
                 if path.is_file():
                     _fsync(path)
+            if check is not None:
+                effective = self._read_config(model_dir) if model_dir.is_dir() else {}
+                check(RepositoryModel(name, staged_model, [version],
+                                      effective or dict(config or {})))
             if not model_dir.exists():
                 os.rename(staged_model, model_dir)  # the whole model appears at once
             else:
@@ -182,6 +233,19 @@ class ModelRepository:
         trash = self.root / (_TRASH_PREFIX + os.urandom(8).hex())
         os.rename(target, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _copy_fd(source: ImportedFile, target: Path) -> None:
+    """Copy `source.size` bytes (its size when opened: a file growing meanwhile cannot make
+    the copy exceed what the size check allowed)."""
+    with open(target, "wb") as out:
+        offset = 0
+        while offset < source.size:
+            chunk = os.pread(source.fd, min(1 << 20, source.size - offset), offset)
+            if not chunk:
+                raise InvalidInputError(f"{target.name}: the file shrank while it was copied")
+            out.write(chunk)
+            offset += len(chunk)
 
 
 def _fsync(path: Path) -> None:

@@ -4,8 +4,9 @@
     <sysfs_root>/module/mlos_ml/parameters/{debug_level,enable_tmm,enable_scheduler,
                                              enable_gpu_manager}
 
-No module: `userspace`. Module loaded: `kernel_full` with the GPU manager on,
-`kernel_scheduler` with the scheduler on, else `kernel_basic`.
+No module: `userspace`. Module loaded: the mode its switches imply, by the one rule in
+mlos_core.mlos_ml.params.mode_for (a module loaded with enable_tmm=0 is `userspace`: every
+kernel mode stands on the memory manager).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .mlos_ml.params import mode_for
 
 USERSPACE = "userspace"
 KERNEL_BASIC = "kernel_basic"
@@ -60,10 +63,6 @@ def detect(sysfs_root: Path) -> RuntimeMode:
     for flag in ("enable_tmm", "enable_scheduler", "enable_gpu_manager"):
         if flag in raw:
             params[flag] = parse_bool(raw[flag])
-    if params.get("enable_gpu_manager"):
-        mode = KERNEL_FULL
-    elif params.get("enable_scheduler"):
-        mode = KERNEL_SCHEDULER
-    else:
-        mode = KERNEL_BASIC
+    mode = mode_for(*(bool(params.get(flag)) for flag in
+                      ("enable_tmm", "enable_scheduler", "enable_gpu_manager")))
     return RuntimeMode(mode, params)

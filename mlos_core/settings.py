@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+#: The most threads any one pool setting may ask for (each is a real OS thread).
+MAX_THREADS = 1024
 
 DEFAULT_CONFIG_FILE = Path("/etc/mlos/core.yaml")
 
@@ -45,13 +49,15 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, gt=0, description="largest accepted request body (413 above)"
     )
     max_concurrency: int = Field(
-        64, gt=0, description="inference requests in flight before new ones get 503"
+        64, gt=0, le=MAX_THREADS,
+        description="inference requests in flight before new ones get 503 (gRPC serves "
+        "them on as many threads)",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="per-request inference timeout in seconds (504 after)"
     )
     inference_threads: int = Field(
-        0, ge=0, description="threads running backends (0: one per CPU core)"
+        0, ge=0, le=MAX_THREADS, description="threads running backends (0: one per CPU core)"
     )
     inline_compute_us: float = Field(
         200.0, ge=0,
@@ -89,6 +95,16 @@ class Settings(BaseSettings):
         "inputs (413 above; each is a Python object)",
     )
     load_models_at_start: bool = Field(True, description="load every model found at start")
+    import_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="directories POST /models/register may import a 'path' from (comma "
+        "list in flags and MLOS_IMPORT_ROOTS; empty: registration by path is refused, "
+        "uploads still work)",
+    )
+    import_max_bytes: int = Field(
+        16 << 30, gt=0,
+        description="largest model version registration by path may copy, bytes (413 above)",
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
     # mlos_ml kernel module (docs/kernel-modes.md)
     mlos_ml_device: str = Field("/dev/mlos-ml", description="the mlos_ml device node")
@@ -108,12 +124,28 @@ class Settings(BaseSettings):
     llm_context_size: int = Field(
         2048, ge=0, description="LLM context size in tokens (0: the model's training context)"
     )
-    llm_threads: int = Field(0, ge=0, description="LLM decoding threads (0: every core)")
+    llm_threads: int = Field(
+        0, ge=0, le=MAX_THREADS, description="LLM decoding threads (0: every core)")
     llm_batch_size: int = Field(512, gt=0, description="LLM prompt-processing batch size")
     llm_gpu_layers: int = Field(0, ge=-1, description="LLM layers offloaded to a GPU (-1: all)")
     llm_queue_size: int = Field(
         16, ge=0, description="LLM requests that may wait per model before 503"
     )
+
+    @field_validator("import_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("import_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        for root in value:
+            if not root.is_absolute():
+                raise ValueError(f"import root {str(root)!r} must be an absolute path")
+        return value
 
     @property
     def threads(self) -> int:

@@ -48,12 +48,20 @@ def numpy_dtype(datatype: Any) -> np.dtype:
         ) from None
 
 
+#: The most elements (and the largest dimension) a tensor may declare: far above any body
+#: the size limits let through, far below where element counts overflow 64-bit arithmetic.
+MAX_ELEMENTS = 2**40
+
+
 def check_shape(shape: Any, name: str) -> tuple[int, ...]:
     if not isinstance(shape, (list, tuple)) or len(shape) > 16:
         raise InvalidInputError(f"input {name!r}: 'shape' must be a list of at most 16 ints")
     for dim in shape:
-        if type(dim) is not int or dim < 0 or dim > 2**40:
+        if type(dim) is not int or dim < 0 or dim > MAX_ELEMENTS:
             raise InvalidInputError(f"input {name!r}: invalid dimension {dim!r} in shape")
+    if element_count(tuple(shape)) > MAX_ELEMENTS:
+        raise InvalidInputError(
+            f"input {name!r}: shape {list(shape)} has more than 2^40 elements")
     return tuple(shape)
 
 
@@ -78,15 +86,83 @@ def from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np
             array = np.asarray(data)
             if array.size:
                 allowed = "b" if datatype == "BOOL" else "iu" if dtype.kind in "iu" else "iuf"
+                if array.dtype.kind == "O" and dtype.kind in "iu":
+                    raise ValueError("an integer beyond 64 bits" + _range_hint(datatype))
                 if array.dtype.kind not in allowed:
                     raise ValueError(f"values of kind {array.dtype.kind!r}")
-            array = array.astype(dtype).ravel()
+            array = checked_cast(array, datatype, name).ravel()
     except (ValueError, TypeError, OverflowError, FloatingPointError, RecursionError) as exc:
         raise InvalidInputError(f"input {name!r}: data does not match {datatype}: {exc}") from None
     if array.size != element_count(shape):
         raise InvalidInputError(
             f"input {name!r}: {array.size} values do not fill shape {list(shape)}"
         )
+    return array.reshape(shape)
+
+
+def _range_hint(datatype: str) -> str:
+    dtype = DTYPES[datatype]
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return f"; {datatype} holds {info.min}..{info.max}"
+    return f"; {datatype} holds magnitudes up to {float(np.finfo(dtype).max):g}"
+
+
+def checked_cast(array: np.ndarray, datatype: str, name: str) -> np.ndarray:
+    """`array` as `datatype`, refusing values the type cannot hold: numpy's cast would wrap
+    integers (2^40 as INT32 becomes 0, -1 as UINT8 255) and turn large floats into inf."""
+    dtype = numpy_dtype(datatype)
+    if array.size and dtype.kind in "iu" and array.dtype.kind in "iu" and array.dtype != dtype:
+        info = np.iinfo(dtype)
+        low, high = int(array.min()), int(array.max())
+        bad = low if low < info.min else high if high > info.max else None
+        if bad is not None:
+            raise InvalidInputError(
+                f"input {name!r}: value {bad} is out of range{_range_hint(datatype)}")
+    if array.size and dtype.kind == "f" and array.dtype.kind in "iuf" \
+            and array.dtype.itemsize >= dtype.itemsize and array.dtype != dtype:
+        finite = np.abs(array[np.isfinite(array)]) if array.dtype.kind == "f" else np.abs(array)
+        if finite.size and float(finite.max()) > float(np.finfo(dtype).max):
+            raise InvalidInputError(
+                f"input {name!r}: value {float(finite.max()):g} is out of range"
+                f"{_range_hint(datatype)}")
+    return array.astype(dtype, copy=False)
+
+
+#: The gRPC `InferTensorContents` field each datatype's typed values travel in, and the
+#: numpy type of that field (what protobuf guarantees the values fit).
+CONTENTS_FIELDS: dict[str, tuple[str, np.dtype]] = {
+    "BOOL": ("bool_contents", np.dtype(np.bool_)),
+    "INT8": ("int_contents", np.dtype(np.int32)),
+    "INT16": ("int_contents", np.dtype(np.int32)),
+    "INT32": ("int_contents", np.dtype(np.int32)),
+    "INT64": ("int64_contents", np.dtype(np.int64)),
+    "UINT8": ("uint_contents", np.dtype(np.uint32)),
+    "UINT16": ("uint_contents", np.dtype(np.uint32)),
+    "UINT32": ("uint_contents", np.dtype(np.uint32)),
+    "UINT64": ("uint64_contents", np.dtype(np.uint64)),
+    "FP32": ("fp32_contents", np.dtype(np.float32)),
+    "FP64": ("fp64_contents", np.dtype(np.float64)),
+    "BYTES": ("bytes_contents", np.dtype(object)),
+}
+
+
+def from_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A tensor from gRPC typed contents (`InferTensorContents`), range-checked."""
+    entry = CONTENTS_FIELDS.get(datatype)
+    if entry is None:
+        raise InvalidInputError(f"input {name!r}: {datatype} needs raw_input_contents")
+    field_name, field_dtype = entry
+    values = getattr(contents, field_name)
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input {name!r}: {len(values)} values do not fill shape {list(shape)}")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+    else:
+        array = checked_cast(np.asarray(values, dtype=field_dtype), datatype, name)
     return array.reshape(shape)
 
 

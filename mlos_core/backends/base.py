@@ -10,12 +10,15 @@ implement; routes for them exist only when a loaded model has them.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from ..errors import ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -105,3 +108,18 @@ class Backend(ABC):
     @abstractmethod
     def unload(self) -> None:
         """Free everything load() took. Safe to call twice."""
+
+
+def thread_count(config: dict[str, Any], key: str, default: int, zero_means: str = "") -> int:
+    """A thread-count setting from a model config, bounded by this machine's CPUs: a config
+    asking for 300 intra-op threads would start 300 threads per loaded model. `zero_means`
+    says what 0 does where the backend accepts it ("" = 0 is refused)."""
+    value = config.get(key, default)
+    cpus = os.cpu_count() or 1
+    low = 0 if zero_means else 1
+    if type(value) is not int or not low <= value <= cpus:
+        zero = f" (0: {zero_means})" if zero_means else ""
+        raise ModelLoadError(
+            f"model config {key}: {value!r} is not an integer from {low} to {cpus} (this "
+            f"machine's CPUs){zero}; fix the model's config")
+    return value

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import InvalidInputError, ModelLoadError, ModelNotReadyError
-from .base import Backend, ModelSource, TensorSpec
+from .base import Backend, ModelSource, TensorSpec, thread_count
 from .capabilities import (
     CAP_EMBEDDINGS,
     CAP_TEXT_GENERATION,
@@ -94,6 +94,8 @@ class LlamaSettings:
         for name in ("context_size", "threads", "batch_size", "queue_size"):
             if getattr(settings, name) < 0:
                 raise ModelLoadError(f"model config {name} must be >= 0")
+        # Bounded like every thread count (backends.base.thread_count).
+        thread_count({"threads": settings.threads}, "threads", 0, zero_means="every core")
         return settings
 
     @property
@@ -278,6 +280,7 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
         return self._chat.render(messages)
 
     def start(self, prompt_tokens: list[int], params: GenerationParams) -> TextStream:
+        self._check_tokens(prompt_tokens)
         n_ctx = self.context_length
         if len(prompt_tokens) >= n_ctx:
             raise InvalidInputError(
@@ -289,6 +292,18 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
         stream = _LlamaStream(self, prompt_tokens, params)
         stream.ticket = self._queue.admit(stream.cancelled)
         return stream
+
+    def _check_tokens(self, tokens: list[int]) -> None:
+        """Token ids from the client (a prompt given as ids): llama.cpp indexes its
+        vocabulary with them unchecked, and an empty prompt leaves nothing to decode."""
+        if not tokens:
+            raise InvalidInputError("the prompt is empty: give text or at least one token id")
+        n_vocab = int(self._require().n_vocab())
+        for token in tokens:
+            if type(token) is not int or not 0 <= token < n_vocab:
+                raise InvalidInputError(
+                    f"prompt token id {token!r} is not in this model's vocabulary "
+                    f"(0..{n_vocab - 1})")
 
     # ---- Embedder --------------------------------------------------------------------
     @property

@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import InvalidInputError, ModelLoadError, ModelNotReadyError
-from ..tensors import DTYPES
-from .base import Backend, ModelSource, TensorSpec
+from ..tensors import DTYPES, element_count
+from .base import Backend, ModelSource, TensorSpec, thread_count
 
 _ORT_TYPES = {
     "tensor(bool)": "BOOL",
@@ -36,6 +36,23 @@ _ORT_TYPES = {
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or ()))
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+
+def _as_ort(array: np.ndarray, name: str) -> np.ndarray:
+    """BYTES tensors arrive as `bytes` elements, but ONNX Runtime's Python binding turns any
+    non-str element into text with str() ("abc" would reach the model as "b'abc'"): its
+    string tensors hold UTF-8 text, so the elements are decoded here, strictly."""
+    if array.dtype != object:
+        return array
+    try:
+        text = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.ravel()]
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"input {name!r}: a BYTES element is not UTF-8 ({exc.reason} at byte {exc.start});"
+            " ONNX Runtime string tensors hold UTF-8 text") from None
+    out = np.empty(len(text), dtype=object)
+    out[:] = text
+    return out.reshape(array.shape)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -61,7 +78,7 @@ class OnnxRuntimeBackend(Backend):
         if file is None:
             raise ModelLoadError(f"{self.source.path}: no .onnx file")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(self.source.config.get("intra_op_threads", 1))
+        options.intra_op_num_threads = thread_count(self.source.config, "intra_op_threads", 1)
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
@@ -108,6 +125,7 @@ class OnnxRuntimeBackend(Backend):
         if session is None:
             raise ModelNotReadyError(f"model {self.source.name!r} is not loaded")
         names = output_names or [o.name for o in self._outputs]
+        inputs = {name: _as_ort(array, name) for name, array in inputs.items()}
         try:
             results = session.run(names, inputs)
         except Exception as exc:  # bad values the model itself rejects (e.g. index range)
@@ -149,12 +167,14 @@ class OnnxRuntimeBackend(Backend):
         shapes = self.output_shapes(inputs)
         if shapes is None:
             return None
+        if any(array.dtype.kind not in "biuf" for array in inputs.values()):
+            return None  # ONNX Runtime binds string tensors only through run()
         kinds = {spec.name: spec.datatype for spec in self._outputs}
         binding = session.io_binding()
         results = {}
         for name, array in inputs.items():
             array = np.ascontiguousarray(array)
-            if array.dtype.kind in "biuf" and array.size:
+            if array.size:
                 # By address: ONNX Runtime reads the request's own memory (a shared-memory
                 # region, a pool buffer, the request body) without copying it.
                 binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape),
@@ -165,7 +185,7 @@ class OnnxRuntimeBackend(Backend):
             dtype = DTYPES.get(kinds.get(name, ""))
             if dtype is None or dtype.kind == "O" or name not in shapes:
                 return None
-            count = int(np.prod(shapes[name], dtype=np.int64))
+            count = element_count(shapes[name])
             if count * dtype.itemsize > len(target):
                 return None
             out = np.frombuffer(target, dtype=dtype, count=count).reshape(shapes[name])

@@ -160,11 +160,9 @@ class TensorInference:
         results = None
         shm_outputs = {o.name: o.shm for o in wanted or () if o.shm is not None}
         if shm_outputs and len(shm_outputs) == len(names):
-            targets = {
-                name: self.shm.get(ref.region).view(ref.offset, ref.byte_size)
-                for name, ref in shm_outputs.items()
-            }
-            results = backend.infer_into(arrays, targets)
+            shm_targets = self.shm.targets(shm_outputs)  # None: POSIX regions, written after
+            if shm_targets is not None:
+                results = backend.infer_into(arrays, shm_targets)
         written = results is not None
         if results is None and self.kernel.pool is not None:
             results = self._infer_pooled(backend, arrays, names)
@@ -281,7 +279,7 @@ class TensorInference:
                 f"input {tensor.name!r}: shared_memory_byte_size {tensor.shm.byte_size} but shape "
                 f"{list(tensor.shape)} of {tensor.datatype} needs {needed}"
             )
-        view = region.view(tensor.shm.offset, tensor.shm.byte_size)
+        view = region.read(tensor.shm.offset, tensor.shm.byte_size)
         return from_bytes(view, tensor.datatype, tensor.shape, tensor.name)
 
     def _write_shm(self, ref: ShmRef, array: np.ndarray, name: str) -> None:
@@ -291,5 +289,4 @@ class TensorInference:
             raise InvalidInputError(
                 f"output {name!r} needs {size} bytes; shared memory gives {ref.byte_size}"
             )
-        view = self.shm.get(ref.region).view(ref.offset, size)
-        view[:] = data
+        self.shm.get(ref.region).write(ref.offset, data)

@@ -14,7 +14,7 @@ from ..backends.base import Backend, ModelSource, TensorSpec
 from ..errors import MLOSError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from ..kernel_modes import KernelModes
 from ..plugins import PluginManager
-from ..registry import ModelRepository, RepositoryModel
+from ..registry import ImportedFile, ModelRepository, RepositoryModel
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,12 +120,13 @@ class ModelLifecycle:
     def register_model(
         self,
         name: str,
-        files: list[tuple[str, Path | bytes]],
+        files: list[tuple[str, Path | bytes | ImportedFile]],
         version: str | None = None,
         config: dict[str, Any] | None = None,
         load: bool = True,
     ) -> tuple[str, str]:
-        name, version = self.repository.add_version(name, files, version, config)
+        name, version = self.repository.add_version(
+            name, files, version, config, check=self._load_check if load else None)
         with self._model_lock:
             self.models.setdefault(name, ModelState(name))
         if load:
@@ -139,6 +140,12 @@ class ModelLifecycle:
                     self.models.pop(name, None)
                 raise
         return name, version
+
+    def _load_check(self, staged: RepositoryModel) -> None:
+        """A staged version must load before it is renamed into the repository: a crash
+        between the rename and the real load then leaves a model that loads."""
+        for backend in self._load_versions(staged).values():
+            self._unload_backend(backend)
 
     def delete_model(self, name: str, version: str | None = None) -> None:
         if version is None:

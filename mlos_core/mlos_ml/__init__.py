@@ -25,12 +25,20 @@ from .errors import (
     NotFoundError,
     PoolExhaustedError,
 )
-from .params import RUNTIME_MODES, ModuleParameters, parse_bool, read_parameters, runtime_mode
+from .params import (
+    RUNTIME_MODES,
+    ModuleParameters,
+    mode_for,
+    parse_bool,
+    read_parameters,
+    runtime_mode,
+)
 from .uapi import DEVICE
 
 __all__ = [
     "DEVICE", "RUNTIME_MODES", "Buffer", "BusyError", "Device", "DeviceNotFoundError",
     "FeatureDisabledError", "GpuLease", "LimitError", "MlosMlError", "ModuleParameters",
+    "mode_for",
     "ModulePermissionError", "NoDeviceError", "NotFoundError", "Pool", "PoolExhaustedError",
     "ThreadClass", "ThreadStats", "parse_bool", "read_parameters", "runtime_mode",
 ]

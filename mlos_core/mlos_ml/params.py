@@ -10,6 +10,20 @@ MODULE = "mlos_ml"
 RUNTIME_MODES = ("userspace", "kernel_basic", "kernel_scheduler", "kernel_full")
 
 
+def mode_for(enable_tmm: bool, enable_scheduler: bool, enable_gpu_manager: bool) -> str:
+    """The one rule from the module's feature switches to a runtime mode (README's table):
+    every kernel mode stands on the memory manager; the scheduler adds kernel_scheduler;
+    scheduler and GPU manager together make kernel_full. Used for /health (from sysfs and
+    from the features the service actually uses), the report and the variant data."""
+    if not enable_tmm:
+        return "userspace"
+    if enable_scheduler and enable_gpu_manager:
+        return "kernel_full"
+    if enable_scheduler:
+        return "kernel_scheduler"
+    return "kernel_basic"
+
+
 def parse_bool(text: str) -> bool:
     """Bool parameters read back as Y/N; some kernels and writers use 1/0."""
     value = text.strip().lower()
@@ -30,14 +44,7 @@ class ModuleParameters:
 
     @property
     def runtime_mode(self) -> str:
-        """full = memory+scheduler+GPU, scheduler = memory+scheduler, basic = memory."""
-        if not self.enable_tmm:
-            return "userspace"
-        if self.enable_scheduler and self.enable_gpu_manager:
-            return "kernel_full"
-        if self.enable_scheduler:
-            return "kernel_scheduler"
-        return "kernel_basic"
+        return mode_for(self.enable_tmm, self.enable_scheduler, self.enable_gpu_manager)
 
     def as_dict(self) -> dict[str, object]:
         return {"debug_level": self.debug_level, "enable_tmm": self.enable_tmm,

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..backends.capabilities import GenerationParams
 from ..dataplane import DataPlane, InferRequest, InputTensor, TextRequest
 from ..errors import InvalidInputError, InvalidParamError, MLOSError, ModelNotReadyError
-from ..registry import check_model_name
+from ..model_import import open_import
+from ..registry import ImportedFile, check_file_name, check_model_name
 from ..tensors import check_shape, from_json, to_json
 from .http import cancel_on_disconnect, read_json
 
@@ -124,7 +125,7 @@ def create_router(plane: DataPlane) -> APIRouter:
     @router.post("/models/register", status_code=201, openapi_extra=_REGISTER_OPENAPI)
     async def register(request: Request) -> Any:
         content_type = request.headers.get("content-type", "")
-        files: list[tuple[str, Path | bytes]] = []
+        files: list[tuple[str, Path | bytes | ImportedFile]] = []
         config = None
         if content_type.startswith("multipart/form-data"):
             try:
@@ -134,7 +135,7 @@ def create_router(plane: DataPlane) -> APIRouter:
             name, version, upload = form.get("name"), form.get("version"), form.get("file")
             if not isinstance(name, str) or upload is None or isinstance(upload, str):
                 raise InvalidInputError("multipart registration needs fields 'name' and 'file'")
-            filename = Path(upload.filename or "model.onnx").name
+            filename = check_file_name(Path(upload.filename or "model.onnx").name)
             files.append((filename, await upload.read()))
         else:
             doc = await read_json(request)
@@ -146,34 +147,23 @@ def create_router(plane: DataPlane) -> APIRouter:
                 raise InvalidInputError("registration needs string fields 'name' and 'path'")
             if config is not None and not isinstance(config, dict):
                 raise InvalidInputError("'config' must be an object")
-            source = Path(path)
-            if source.is_dir():
-                # The version's files: regular files at the top of the directory only, and
-                # only when one of them is in a format an installed backend serves.
-                try:
-                    entries = [p for p in sorted(source.iterdir()) if not p.name.startswith(".")
-                               and p.is_file() and not p.is_symlink()]
-                except OSError as exc:  # e.g. a directory the service's user cannot read
-                    raise InvalidInputError(
-                        f"cannot read directory {path!r}: {exc.strerror}") from None
-                served = tuple(f for fmts in plane.plugins.formats().values() for f in fmts)
-                if not any(p.name.endswith(served) for p in entries):
-                    raise InvalidInputError(
-                        f"directory {path!r} holds no model file ({', '.join(served)})"
-                    )
-                files += [(p.name, p) for p in entries]
-            elif source.is_file():
-                files.append((source.name, source))
-            else:
-                raise InvalidInputError(f"path {path!r} does not exist on the server")
-        if isinstance(version, int) and not isinstance(version, bool):
-            version = str(version)
-        if version is not None and not isinstance(version, str):
-            raise InvalidInputError("'version' must be a string of digits")
-        model_name = check_model_name(str(name))
-        model_name, new_version = await asyncio.to_thread(
-            plane.register_model, model_name, files, version, config
-        )
+            served = tuple(f for fmts in plane.plugins.formats().values() for f in fmts)
+            settings = plane.settings
+            files += await asyncio.to_thread(
+                open_import, path, settings.import_roots, settings.import_max_bytes, served)
+        try:  # the opened import files are closed whatever happens
+            if isinstance(version, int) and not isinstance(version, bool):
+                version = str(version)
+            if version is not None and not isinstance(version, str):
+                raise InvalidInputError("'version' must be a string of digits")
+            model_name = check_model_name(str(name))
+            model_name, new_version = await asyncio.to_thread(
+                plane.register_model, model_name, files, version, config
+            )
+        finally:
+            for _, source in files:
+                if isinstance(source, ImportedFile):
+                    source.close()
         return JSONResponse({"id": model_name, "name": model_name, "version": new_version,
                              "state": plane.models[model_name].state}, 201)
 

@@ -82,3 +82,14 @@ def make_repository(root: Path) -> Path:
     make_double(root / "double" / "1" / "model.onnx")
     make_add_int(root / "add" / "1" / "model.onnx")
     return root
+
+
+def make_identity(path: Path, elem_type: int, name: str = "identity") -> Path:
+    """Identity on a 1-D tensor of `elem_type` (TensorProto.STRING, INT32, UINT8...): input
+    "x" -> output "y", any length; shows exactly what the service hands the model."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], name,
+        [helper.make_tensor_value_info("x", elem_type, ["n"])],
+        [helper.make_tensor_value_info("y", elem_type, ["n"])],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)

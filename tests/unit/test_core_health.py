@@ -30,8 +30,11 @@ def sysfs(root: Path, **params: str) -> Path:
           "enable_gpu_manager": "N"}, "kernel_scheduler"),
         ({"debug_level": "2", "enable_tmm": "1", "enable_scheduler": "1",
           "enable_gpu_manager": "1"}, "kernel_full"),
+        # Loaded with the memory manager off: no kernel mode stands (mlos_ml.mode_for).
         ({"enable_tmm": "0", "enable_scheduler": "0", "enable_gpu_manager": "0"},
-         "kernel_basic"),
+         "userspace"),
+        ({"enable_tmm": "N", "enable_scheduler": "Y", "enable_gpu_manager": "Y"},
+         "userspace"),
     ],
 )
 def test_modes(tmp_path: Path, params: dict[str, str], mode: str) -> None:

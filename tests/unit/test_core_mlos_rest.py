@@ -51,9 +51,10 @@ def test_register_upload_list_infer_delete(server: MLOSServer, tmp_path: Path) -
     assert status == 404
 
 
-def test_register_from_path_and_new_version(server: MLOSServer, tmp_path: Path) -> None:
-    base = f"http://{server.url}"
+def test_register_from_path_and_new_version(server_factory: object, tmp_path: Path) -> None:
     src = make_double(tmp_path / "src" / "model.onnx")
+    server = server_factory(import_roots=[tmp_path / "src"])  # type: ignore[operator]
+    base = f"http://{server.url}"
     r = requests.post(f"{base}/models/register", json={"name": "twice", "path": str(src)},
                       timeout=10)
     assert r.status_code == 201 and r.json()["version"] == "1"

@@ -327,3 +327,20 @@ def test_api_key_applies_to_the_openai_routes(
             bad.models.list()
     finally:
         srv.stop_background()
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ([10**6], "not in this model's vocabulary"),
+    ([-1], "not in this model's vocabulary"),
+    ([], "the prompt is empty"),
+])
+def test_prompt_token_ids_outside_the_vocabulary_are_400(
+        server: Any, prompt: list[int], message: str) -> None:
+    r = httpx.post(f"http://{server.url}/v1/completions",
+                   json={"model": "tiny", "prompt": prompt, "max_tokens": 2}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]["message"]
+    # The model still answers.
+    ok = httpx.post(f"http://{server.url}/v1/completions",
+                    json={"model": "tiny", "prompt": [1, 2], "max_tokens": 2}, timeout=30)
+    assert ok.status_code == 200, ok.text

@@ -14,7 +14,6 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 
 from ...dataplane import DataPlane, InferRequest, InputTensor, OutputRequest, ShmRef
 from ...dataplane.decoding import TensorBudget
@@ -30,7 +29,7 @@ from ...errors import (
     UnauthorizedError,
     UnsupportedError,
 )
-from ...tensors import check_shape, from_bytes, numpy_dtype, to_bytes
+from ...tensors import check_shape, from_bytes, from_contents, numpy_dtype, to_bytes
 from .generated import inference_pb2 as _pb
 from .generated import inference_pb2_grpc as pb_grpc
 
@@ -46,13 +45,6 @@ GRPC_STATUS: dict[type[MLOSError], grpc.StatusCode] = {
     RequestTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     UnauthorizedError: grpc.StatusCode.UNAUTHENTICATED,
     UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
-}
-
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,20 +100,7 @@ def decode_request(request: Any, budget: TensorBudget | None = None) -> InferReq
         if raw:
             array = from_bytes(raw[index], datatype, shape, name)
         else:
-            field = _CONTENTS_FIELD.get(datatype)
-            if field is None:
-                raise InvalidInputError(f"input {name!r}: {datatype} needs raw_input_contents")
-            values = getattr(tensor.contents, field)
-            if datatype == "BYTES":
-                array = np.empty(len(values), dtype=object)
-                array[:] = list(values)
-            else:
-                array = np.asarray(values, dtype=numpy_dtype(datatype))
-            if array.size != int(np.prod(shape, dtype=np.int64)):
-                raise InvalidInputError(
-                    f"input {name!r}: {array.size} values do not fill shape {list(shape)}"
-                )
-            array = array.reshape(shape)
+            array = from_contents(tensor.contents, datatype, shape, name)
         inputs.append(InputTensor(name, datatype, shape, array))
     outputs = [
         OutputRequest(o.name, True, _shm_ref(_params(o.parameters), f"output {o.name!r}"))
