@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from mlos_build import __version__
-from mlos_build.data import distribution_names, variant_names
+from mlos_build.access import DEFAULT_ADMIN_USER
+from mlos_build.data import distribution_names, profile_names, variant_names
 from mlos_build.errors import BuildError
-from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec
+from mlos_build.render import DEFAULT_CACHE_DIR, DEFAULT_PROFILE, ImageSpec
 from mlos_build.runner import Progress
 from mlos_build.targets import MkosiDiskTarget
 
@@ -45,6 +46,21 @@ def _image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="full",
                    help=f"what the image carries: {', '.join(variant_names())} (default: full)")
     p.add_argument("--release", help="distribution release (default: the distribution's)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE,
+                   help=f"what the image boots on: {', '.join(profile_names())} (default: "
+                   f"{DEFAULT_PROFILE}: a server's kernel, firmware, DHCP, SSH, the service on "
+                   "the network behind an API key; vm: today's small image for QEMU and CI; "
+                   "see docs/bare-metal.md)")
+    p.add_argument("--hostname", help="fixed host name (default: mlos for vm, the DHCP "
+                   "server's for metal)")
+    p.add_argument("--admin-user", help=f"metal: the SSH and sudo user (default: "
+                   f"{DEFAULT_ADMIN_USER})")
+    p.add_argument("--ssh-key", type=Path, action="append", metavar="FILE.pub",
+                   help="metal: public keys the admin user logs in with (repeatable); "
+                   "without one the image has no remote login")
+    p.add_argument("--api-key-file", type=Path, metavar="FILE",
+                   help="metal: MLOS Core's API key, one line (default: made on first boot, "
+                   "shown once on the console)")
     p.add_argument("--mirror", help="package mirror URL (default: the distribution's)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help=f"package, image and pip caches reused by rebuilds "
@@ -137,14 +153,20 @@ def suite_args(text: str) -> list[str]:
 
 
 def _spec(args: argparse.Namespace) -> ImageSpec:
-    return ImageSpec.create(args.distribution, args.variant, release=args.release,
+    spec = ImageSpec.create(args.distribution, args.variant, release=args.release,
                             mirror=args.mirror, cache_dir=args.cache_dir,
-                            with_llm=args.with_llm, autologin=args.autologin)
+                            with_llm=args.with_llm, autologin=args.autologin,
+                            profile=args.profile, hostname=args.hostname,
+                            admin_user=args.admin_user, ssh_keys=args.ssh_key,
+                            api_key_file=args.api_key_file)
+    for warning in spec.warnings():
+        print(f"mlos-build: warning: {warning}", file=sys.stderr)
+    return spec
 
 
 def cmd_build(args: argparse.Namespace, progress: Progress) -> int:
     spec = _spec(args)
-    progress(f"building {spec.name} ({spec.variant.description})")
+    progress(f"building {spec.name} ({spec.variant.description}; {spec.profile.description})")
     result = MkosiDiskTarget(spec, args.mlos_source.resolve(), progress).build(
         args.output_dir.resolve())
     progress(f"built {result.image} in {result.seconds:.0f}s")

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Distributions and variants are data files under images/; this module reads them."""
+"""Distributions, variants and profiles are data files under images/; this module reads
+them."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ class Release:
 
 
 @dataclass(frozen=True)
+class DistributionProfile:
+    """What one profile takes from one distribution: its kernel, headers, extra packages
+    and archive components."""
+
+    kernel_packages: tuple[str, ...]
+    headers_packages: tuple[str, ...]
+    packages: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Distribution:
     name: str
     default_release: str
@@ -35,8 +47,7 @@ class Distribution:
     keyring_package: str
     components: tuple[str, ...]
     suites: tuple[str, ...]
-    kernel_packages: tuple[str, ...]
-    headers_packages: tuple[str, ...]
+    profiles: dict[str, DistributionProfile]
     dkms_packages: tuple[str, ...]
     llm_packages: tuple[str, ...]
     base_packages: tuple[str, ...]
@@ -50,6 +61,13 @@ class Distribution:
                              hint="valid releases: " + ", ".join(self.releases))
         return self.releases[chosen]
 
+    def profile(self, name: str) -> DistributionProfile:
+        if name not in self.profiles:
+            raise BuildError(f"{self.name} has no '{name}' profile",
+                             hint=f"images/distributions/{self.name}.yaml names: "
+                             + ", ".join(self.profiles))
+        return self.profiles[name]
+
     def suites_for(self, release: str) -> list[str]:
         return [s.format(release=release) for s in self.suites]
 
@@ -60,6 +78,19 @@ class Distribution:
 @dataclass(frozen=True)
 class ModuleSpec:
     parameters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What an image is for (images/profiles/): a VM, or a physical server."""
+
+    name: str
+    description: str
+    listen_host: str
+    wired_dhcp: bool
+    ssh: bool
+    api_key: bool
+    grow_root: bool
 
 
 @dataclass(frozen=True)
@@ -93,6 +124,11 @@ def variant_names() -> list[str]:
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
+def profile_names() -> list[str]:
+    # The default first.
+    return sorted(_names("profiles"), key=lambda n: (n != "metal", n))
+
+
 def load_distribution(name: str) -> Distribution:
     if name not in distribution_names():
         raise BuildError(f"unknown distribution '{name}'",
@@ -110,8 +146,15 @@ def load_distribution(name: str) -> Distribution:
         keyring_package=data["keyring_package"],
         components=tuple(data["components"]),
         suites=tuple(data["suites"]),
-        kernel_packages=tuple(data["kernel_packages"]),
-        headers_packages=tuple(data["headers_packages"]),
+        profiles={
+            prof: DistributionProfile(
+                kernel_packages=tuple(spec["kernel_packages"]),
+                headers_packages=tuple(spec["headers_packages"]),
+                packages=tuple(spec.get("packages", [])),
+                components=tuple(spec.get("components", [])),
+            )
+            for prof, spec in data["profiles"].items()
+        },
         dkms_packages=tuple(data["dkms_packages"]),
         llm_packages=tuple(data["llm_packages"]),
         base_packages=tuple(data["base_packages"]),
@@ -131,4 +174,20 @@ def load_variant(name: str) -> Variant:
         description=data["description"],
         runtime_mode=data["runtime_mode"],
         module=ModuleSpec(dict(module["parameters"])) if module else None,
+    )
+
+
+def load_profile(name: str) -> Profile:
+    if name not in profile_names():
+        raise BuildError(f"unknown profile '{name}'",
+                         hint="valid profiles: " + ", ".join(profile_names()))
+    data = _load_yaml(images_dir() / "profiles" / f"{name}.yaml")
+    return Profile(
+        name=data["name"],
+        description=data["description"],
+        listen_host=data["listen_host"],
+        wired_dhcp=bool(data["wired_dhcp"]),
+        ssh=bool(data["ssh"]),
+        api_key=bool(data["api_key"]),
+        grow_root=bool(data["grow_root"]),
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mlos_build import demo_model
+from mlos_build.access import read_api_key
 from mlos_build.errors import BuildError
 from mlos_build.render import ImageSpec, render
 from mlos_build.runner import Progress, require_tools, run
@@ -169,6 +170,11 @@ class MkosiDiskTarget(Target):
                             ignore=shutil.ignore_patterns(*KERNEL_SOURCE_SKIP))
             shutil.copy2(needed[3], assets / "99-mlos-ml.rules")
         demo_model.write_model(assets / "demo" / "1" / "model.onnx")
+        if self.spec.api_key_file is not None:
+            # A secret: staged for the post-install script, never rendered into the project.
+            key = assets / "api-key"
+            key.touch(mode=0o600)
+            key.write_text(read_api_key(self.spec.api_key_file) + "\n")
 
     def build(self, output_dir: Path) -> BuildResult:
         spec = self.spec
@@ -235,6 +241,7 @@ class MkosiDiskTarget(Target):
             "distribution": spec.distribution.name,
             "release": spec.release,
             "variant": spec.variant.name,
+            "profile": spec.profile.name,
             "runtime_mode": spec.variant.runtime_mode,
             "kernel_version": read("mlos-kernel-version"),
             "module_vermagic": read("mlos-module-vermagic"),
