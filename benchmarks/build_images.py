@@ -28,7 +28,8 @@ from pathlib import Path
 from mlos_build.qemu import OVMF_VARS, Machine, _first_existing, kvm_works, smoke_test
 from mlos_build.render import ImageSpec, render
 from mlos_build.runner import run
-from mlos_build.targets import SYSTEM_PATH, MkosiDiskTarget
+from mlos_build.targets.common import SYSTEM_PATH
+from mlos_build.targets.mkosi_disk import MkosiDiskTarget
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "build-benchmarks.md"
@@ -41,7 +42,7 @@ def plain_project(spec: ImageSpec, dest: Path) -> None:
     shutil.copytree(dest / "mlos" / "mkosi.pkgmngr", dest / "plain" / "mkosi.pkgmngr")
     release = spec.distribution.releases[spec.release]
     packages = ["systemd", "systemd-sysv", "udev", *release.packages,
-                *spec.distribution.kernel_packages]
+                *spec.distribution_profile.kernel_packages]
     (dest / "plain" / "mkosi.conf").write_text(
         "[Distribution]\n"
         f"Distribution={spec.distribution.name}\nRelease={spec.release}\n"
@@ -138,7 +139,7 @@ def main() -> None:
         "# Image build benchmarks",
         "",
         f"`{spec.name}` beside a plain mkosi minimal image of {spec.distribution.name} "
-        f"{spec.release} (systemd, {' '.join(spec.distribution.kernel_packages)}, "
+        f"{spec.release} (systemd, {' '.join(spec.distribution_profile.kernel_packages)}, "
         "systemd-boot), built and booted in the same run by `benchmarks/build_images.py`.",
         "Cold: empty package and image caches; warm: the same build again with them. "
         f"Boots under QEMU with {accel}, 2 vCPUs, 2 GiB.",

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Distributions, variants and profiles are data files under images/; this module reads
-them."""
+what every target shares (variants, profiles, which target builds a distribution).
+apt.py reads the rest of the apt distributions' data."""
 
 from __future__ import annotations
 
@@ -19,60 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def images_dir() -> Path:
     """The images/ tree (templates and data); MLOS_IMAGES_DIR overrides it."""
     return Path(os.environ.get("MLOS_IMAGES_DIR", REPO_ROOT / "images"))
-
-
-@dataclass(frozen=True)
-class Release:
-    name: str
-    packages: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class DistributionProfile:
-    """What one profile takes from one distribution: its kernel, headers, extra packages
-    and archive components."""
-
-    kernel_packages: tuple[str, ...]
-    headers_packages: tuple[str, ...]
-    packages: tuple[str, ...] = ()
-    components: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Distribution:
-    name: str
-    default_release: str
-    mirror: str
-    keyring: str
-    keyring_package: str
-    components: tuple[str, ...]
-    suites: tuple[str, ...]
-    profiles: dict[str, DistributionProfile]
-    dkms_packages: tuple[str, ...]
-    llm_packages: tuple[str, ...]
-    base_packages: tuple[str, ...]
-    releases: dict[str, Release]
-    security: dict[str, Any] | None = None
-
-    def release(self, name: str | None) -> Release:
-        chosen = name or self.default_release
-        if chosen not in self.releases:
-            raise BuildError(f"unknown {self.name} release '{chosen}'",
-                             hint="valid releases: " + ", ".join(self.releases))
-        return self.releases[chosen]
-
-    def profile(self, name: str) -> DistributionProfile:
-        if name not in self.profiles:
-            raise BuildError(f"{self.name} has no '{name}' profile",
-                             hint=f"images/distributions/{self.name}.yaml names: "
-                             + ", ".join(self.profiles))
-        return self.profiles[name]
-
-    def suites_for(self, release: str) -> list[str]:
-        return [s.format(release=release) for s in self.suites]
-
-    def security_suites_for(self, release: str) -> list[str]:
-        return [s.format(release=release) for s in (self.security or {}).get("suites", [])]
 
 
 @dataclass(frozen=True)
@@ -129,38 +76,21 @@ def profile_names() -> list[str]:
     return sorted(_names("profiles"), key=lambda n: (n != "metal", n))
 
 
-def load_distribution(name: str) -> Distribution:
+def distribution_data(name: str) -> dict[str, Any]:
+    """The raw data of one images/distributions/NAME.yaml (each target reads its part)."""
     if name not in distribution_names():
         raise BuildError(f"unknown distribution '{name}'",
                          hint="valid distributions: " + ", ".join(distribution_names()))
-    data = _load_yaml(images_dir() / "distributions" / f"{name}.yaml")
-    releases = {
-        rel: Release(rel, tuple((spec or {}).get("packages", [])))
-        for rel, spec in data["releases"].items()
-    }
-    return Distribution(
-        name=data["name"],
-        default_release=data["default_release"],
-        mirror=data["mirror"],
-        keyring=data["keyring"],
-        keyring_package=data["keyring_package"],
-        components=tuple(data["components"]),
-        suites=tuple(data["suites"]),
-        profiles={
-            prof: DistributionProfile(
-                kernel_packages=tuple(spec["kernel_packages"]),
-                headers_packages=tuple(spec["headers_packages"]),
-                packages=tuple(spec.get("packages", [])),
-                components=tuple(spec.get("components", [])),
-            )
-            for prof, spec in data["profiles"].items()
-        },
-        dkms_packages=tuple(data["dkms_packages"]),
-        llm_packages=tuple(data["llm_packages"]),
-        base_packages=tuple(data["base_packages"]),
-        releases=releases,
-        security=data.get("security"),
-    )
+    return _load_yaml(images_dir() / "distributions" / f"{name}.yaml")
+
+
+def distribution_target(name: str) -> str:
+    """The build target (a key of the target registry) that builds this distribution."""
+    target = distribution_data(name).get("target")
+    if not isinstance(target, str):
+        raise BuildError(f"images/distributions/{name}.yaml has no `target:`",
+                         hint="name the build target, e.g. `target: mkosi-disk`")
+    return target
 
 
 def load_variant(name: str) -> Variant:

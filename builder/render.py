@@ -24,18 +24,11 @@ from mlos_build.access import (
     read_api_key,
     read_ssh_keys,
 )
-from mlos_build.data import (
-    Distribution,
-    DistributionProfile,
-    Profile,
-    Variant,
-    images_dir,
-    load_distribution,
-    load_profile,
-    load_variant,
-)
+from mlos_build.apt import Distribution, DistributionProfile, load_distribution
+from mlos_build.data import Profile, images_dir, load_profile, load_variant
 from mlos_build.demo_model import DEMO
 from mlos_build.errors import BuildError
+from mlos_build.spec import BuildSpec
 
 DEFAULT_CACHE_DIR = Path("/var/cache/mlos-build")
 DEFAULT_PROFILE = "metal"
@@ -44,19 +37,17 @@ REST_PORT = 8080
 API_KEY_PATH = "/etc/mlos/api-key"
 
 
-@dataclass(frozen=True)
-class ImageSpec:
-    """Everything that decides what an image contains."""
+@dataclass(frozen=True, kw_only=True)
+class ImageSpec(BuildSpec):
+    """Everything that decides what an apt distribution's disk image contains."""
 
     distribution: Distribution
     release: str
-    variant: Variant
     mirror: str
     profile: Profile
     cache_dir: Path = DEFAULT_CACHE_DIR
     with_llm: bool = True
     autologin: bool = False
-    mlos_version: str = __version__
     # Profiles with ssh / api_key only (checked in create).
     hostname: str | None = None
     admin_user: str = DEFAULT_ADMIN_USER

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import mlos_build.render as render_module
+from mlos_build.apt import load_distribution
 from mlos_build.cli import main
-from mlos_build.data import load_distribution, profile_names
+from mlos_build.data import profile_names
 from mlos_build.errors import BuildError
 from mlos_build.render import ImageSpec, render
 

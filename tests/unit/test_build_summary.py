@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mlos_build.data import distribution_names, load_distribution, profile_names, variant_names
+from mlos_build.apt import distribution_names, load_distribution
+from mlos_build.data import profile_names, variant_names
 from mlos_build.render import ImageSpec, render
 
 COMBOS = [(d, r, v, p) for d in distribution_names() for r in load_distribution(d).releases
