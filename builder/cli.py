@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlos_build import __version__
+from mlos_build import __version__, flash
 from mlos_build.data import distribution_names, variant_names
 from mlos_build.errors import BuildError
 from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
     p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default: 2)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before giving up")
+    flash.add_parser(sub)
     sub.add_parser("report", help="the E2E validation report: report run|render ... "
                    "(mlos-build report --help)", add_help=False)
     return parser
@@ -227,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     progress = progress_printer(time.monotonic())
     try:
+        if hasattr(args, "handler"):
+            return int(args.handler(args, progress))
         if args.command == "render":
             return cmd_render(args, progress)
         if args.command == "boot":
