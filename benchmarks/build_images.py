@@ -28,7 +28,8 @@ from pathlib import Path
 from mlos_build.qemu import OVMF_VARS, Machine, _first_existing, kvm_works, smoke_test
 from mlos_build.render import ImageSpec, render
 from mlos_build.runner import run
-from mlos_build.targets import SYSTEM_PATH, MkosiDiskTarget
+from mlos_build.targets.common import SYSTEM_PATH
+from mlos_build.targets.mkosi_disk import MkosiDiskTarget
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "build-benchmarks.md"

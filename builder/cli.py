@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from mlos_build import __version__, flash
-from mlos_build.data import distribution_names, variant_names
 from mlos_build.errors import BuildError
-from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec
 from mlos_build.runner import Progress
-from mlos_build.targets import MkosiDiskTarget
+from mlos_build.targets import Target, commands
+from mlos_build.targets.common import DEFAULT_OUTPUT_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT_DIR = Path("output")
 
 
 def progress_printer(start: float) -> Progress:
@@ -39,24 +37,7 @@ def progress_printer(start: float) -> Progress:
     return progress
 
 
-def _image_options(p: argparse.ArgumentParser) -> None:
-    # Variants and releases are validated against the data files (so the error can list
-    # them), not with argparse choices.
-    p.add_argument("--variant", default="full",
-                   help=f"what the image carries: {', '.join(variant_names())} (default: full)")
-    p.add_argument("--release", help="distribution release (default: the distribution's)")
-    p.add_argument("--mirror", help="package mirror URL (default: the distribution's)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
-                   help=f"package, image and pip caches reused by rebuilds "
-                   f"(default: {DEFAULT_CACHE_DIR})")
-    p.add_argument("--with-llm", dest="with_llm", action="store_true", default=True,
-                   help="install llama-cpp-python for LLMs, compiled once per release and "
-                   "then cached (the default)")
-    p.add_argument("--without-llm", dest="with_llm", action="store_false",
-                   help="leave llama-cpp-python out (smaller image, no compile)")
-    p.add_argument("--autologin", action="store_true",
-                   help="log root in on the consoles without a password (development only; "
-                   "otherwise root is locked)")
+def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlos-source", type=Path, default=REPO_ROOT,
                    help="MLOS source tree to install (default: this checkout)")
 
@@ -67,17 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlos-build {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for dist in distribution_names():
-        p = sub.add_parser(dist, help=f"build a {dist} image")
-        _image_options(p)
+    # One build and one render subcommand per name a registered target serves (the data
+    # under images/distributions/ says which target builds what).
+    served = commands()
+    for name, target in served.items():
+        p = sub.add_parser(name, help="build " + target.summary.format(command=name))
+        target.add_arguments(p, name, build=True)
+        _common_options(p)
         p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
-                       help="where the image, manifest and SHA256SUMS go (default: output)")
-        p.set_defaults(distribution=dist)
-    p = sub.add_parser("render", help="write the mkosi project for an image, without building")
-    p.add_argument("distribution", help=", ".join(distribution_names()))
-    _image_options(p)
-    p.add_argument("--output-dir", type=Path, default=None,
-                   help="where to write the project (default: output/<image name>.mkosi)")
+                       help="where the artifacts, manifest and SHA256SUMS go (default: output)")
+        p.set_defaults(target=target, target_command=name)
+    p = sub.add_parser("render", help="write what a build would build from (the mkosi "
+                       "project, the Ignition config), without building")
+    render_sub = p.add_subparsers(dest="distribution", metavar="DISTRIBUTION", required=True)
+    for name, target in served.items():
+        r = render_sub.add_parser(name, help="write what builds " +
+                                  target.summary.format(command=name))
+        target.add_arguments(r, name, build=False)
+        _common_options(r)
+        r.add_argument("--output-dir", type=Path, default=None,
+                       help="where to write the tree (default: under output/)")
+        r.set_defaults(target=target, target_command=name)
     p = sub.add_parser("boot", help="boot an image under QEMU on this terminal")
     p.add_argument("image", type=Path)
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
@@ -137,27 +128,28 @@ def suite_args(text: str) -> list[str]:
     return args
 
 
-def _spec(args: argparse.Namespace) -> ImageSpec:
-    return ImageSpec.create(args.distribution, args.variant, release=args.release,
-                            mirror=args.mirror, cache_dir=args.cache_dir,
-                            with_llm=args.with_llm, autologin=args.autologin)
+def _target(args: argparse.Namespace, progress: Progress, *, build: bool) -> Target:
+    cls: type[Target] = args.target
+    spec = cls.spec_from_args(args.target_command, args, build=build)
+    return cls(spec, args.mlos_source.resolve(), progress)
 
 
 def cmd_build(args: argparse.Namespace, progress: Progress) -> int:
-    spec = _spec(args)
-    progress(f"building {spec.name} ({spec.variant.description})")
-    result = MkosiDiskTarget(spec, args.mlos_source.resolve(), progress).build(
-        args.output_dir.resolve())
+    target = _target(args, progress, build=True)
+    progress(f"building {target.spec.name} ({target.spec.variant.description})")
+    result = target.build(args.output_dir.resolve())
     progress(f"built {result.image} in {result.seconds:.0f}s")
+    for other in result.others:
+        progress(f"  and {other}")
     print(result.image)
     return 0
 
 
 def cmd_render(args: argparse.Namespace, progress: Progress) -> int:
-    spec = _spec(args)
-    dest = args.output_dir or DEFAULT_OUTPUT_DIR / f"{spec.name}.mkosi"
-    files = MkosiDiskTarget(spec, args.mlos_source.resolve(), progress).render(dest)
-    progress(f"wrote {len(files)} files for {spec.name} into {dest}")
+    target = _target(args, progress, build=False)
+    dest = args.output_dir or target.default_render_dir()
+    files = target.render(dest)
+    progress(f"wrote {len(files)} files for {target.spec.name} into {dest}")
     print(dest)
     return 0
 
@@ -215,13 +207,26 @@ def cmd_validate(args: argparse.Namespace, progress: Progress) -> int:
                             result.console_log)
 
 
+def report_error(exc: BuildError, *, debug: bool) -> int:
+    if debug:
+        raise exc
+    print(f"mlos-build: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
         from mlos_build.report.cli import main as report_main
 
         return report_main(argv[1:])
-    parser = build_parser()
+    try:
+        # The subcommands come from the data files, which can be wrong too.
+        parser = build_parser()
+    except BuildError as exc:
+        return report_error(exc, debug="--debug" in argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -242,12 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_validate(args, progress)
         return cmd_build(args, progress)
     except BuildError as exc:
-        if args.debug:
-            raise
-        print(f"mlos-build: error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
-        return 1
+        return report_error(exc, debug=args.debug)
     except KeyboardInterrupt:
         print("mlos-build: interrupted", file=sys.stderr)
         return 130

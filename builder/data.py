@@ -1,5 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Distributions and variants are data files under images/; this module reads them."""
+"""Distributions and variants are data files under images/; this module reads what every
+target shares (variants, which target builds a distribution). apt.py reads the rest of
+the apt distributions' data."""
 
 from __future__ import annotations
 
@@ -18,43 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def images_dir() -> Path:
     """The images/ tree (templates and data); MLOS_IMAGES_DIR overrides it."""
     return Path(os.environ.get("MLOS_IMAGES_DIR", REPO_ROOT / "images"))
-
-
-@dataclass(frozen=True)
-class Release:
-    name: str
-    packages: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Distribution:
-    name: str
-    default_release: str
-    mirror: str
-    keyring: str
-    keyring_package: str
-    components: tuple[str, ...]
-    suites: tuple[str, ...]
-    kernel_packages: tuple[str, ...]
-    headers_packages: tuple[str, ...]
-    dkms_packages: tuple[str, ...]
-    llm_packages: tuple[str, ...]
-    base_packages: tuple[str, ...]
-    releases: dict[str, Release]
-    security: dict[str, Any] | None = None
-
-    def release(self, name: str | None) -> Release:
-        chosen = name or self.default_release
-        if chosen not in self.releases:
-            raise BuildError(f"unknown {self.name} release '{chosen}'",
-                             hint="valid releases: " + ", ".join(self.releases))
-        return self.releases[chosen]
-
-    def suites_for(self, release: str) -> list[str]:
-        return [s.format(release=release) for s in self.suites]
-
-    def security_suites_for(self, release: str) -> list[str]:
-        return [s.format(release=release) for s in (self.security or {}).get("suites", [])]
 
 
 @dataclass(frozen=True)
@@ -93,31 +58,21 @@ def variant_names() -> list[str]:
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
-def load_distribution(name: str) -> Distribution:
+def distribution_data(name: str) -> dict[str, Any]:
+    """The raw data of one images/distributions/NAME.yaml (each target reads its part)."""
     if name not in distribution_names():
         raise BuildError(f"unknown distribution '{name}'",
                          hint="valid distributions: " + ", ".join(distribution_names()))
-    data = _load_yaml(images_dir() / "distributions" / f"{name}.yaml")
-    releases = {
-        rel: Release(rel, tuple((spec or {}).get("packages", [])))
-        for rel, spec in data["releases"].items()
-    }
-    return Distribution(
-        name=data["name"],
-        default_release=data["default_release"],
-        mirror=data["mirror"],
-        keyring=data["keyring"],
-        keyring_package=data["keyring_package"],
-        components=tuple(data["components"]),
-        suites=tuple(data["suites"]),
-        kernel_packages=tuple(data["kernel_packages"]),
-        headers_packages=tuple(data["headers_packages"]),
-        dkms_packages=tuple(data["dkms_packages"]),
-        llm_packages=tuple(data["llm_packages"]),
-        base_packages=tuple(data["base_packages"]),
-        releases=releases,
-        security=data.get("security"),
-    )
+    return _load_yaml(images_dir() / "distributions" / f"{name}.yaml")
+
+
+def distribution_target(name: str) -> str:
+    """The build target (a key of the target registry) that builds this distribution."""
+    target = distribution_data(name).get("target")
+    if not isinstance(target, str):
+        raise BuildError(f"images/distributions/{name}.yaml has no `target:`",
+                         hint="name the build target, e.g. `target: mkosi-disk`")
+    return target
 
 
 def load_variant(name: str) -> Variant:

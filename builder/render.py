@@ -16,26 +16,26 @@ from typing import Any
 import jinja2
 
 from mlos_build import __version__
-from mlos_build.data import Distribution, Variant, images_dir, load_distribution, load_variant
+from mlos_build.apt import Distribution, load_distribution
+from mlos_build.data import images_dir, load_variant
 from mlos_build.demo_model import DEMO
 from mlos_build.errors import BuildError
+from mlos_build.spec import BuildSpec
 
 DEFAULT_CACHE_DIR = Path("/var/cache/mlos-build")
 REST_PORT = 8080
 
 
-@dataclass(frozen=True)
-class ImageSpec:
-    """Everything that decides what an image contains."""
+@dataclass(frozen=True, kw_only=True)
+class ImageSpec(BuildSpec):
+    """Everything that decides what an apt distribution's disk image contains."""
 
     distribution: Distribution
     release: str
-    variant: Variant
     mirror: str
     cache_dir: Path = DEFAULT_CACHE_DIR
     with_llm: bool = True
     autologin: bool = False
-    mlos_version: str = __version__
 
     @classmethod
     def create(cls, distribution: str, variant: str, release: str | None = None,

@@ -18,13 +18,8 @@ import tomllib
 from mlos_build import cli
 from mlos_build.errors import BuildError
 from mlos_build.runner import require_tools, run
-from mlos_build.targets import (
-    cache_lock,
-    check_free_space,
-    check_mirror,
-    pinned_llm_requirement,
-    update_checksums,
-)
+from mlos_build.targets.common import cache_lock, check_free_space, update_checksums
+from mlos_build.targets.mkosi_disk import check_mirror, pinned_llm_requirement
 
 NEEDS_MKOSI = pytest.mark.skipif(shutil.which("mkosi") is None,
                                  reason="mkosi is not installed (scripts/setup.d/40-images.sh)")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mlos_build.data import distribution_names, load_distribution, variant_names
+from mlos_build.apt import distribution_names, load_distribution
+from mlos_build.data import variant_names
 from mlos_build.render import ImageSpec, render
 
 COMBOS = [(d, r, v) for d in distribution_names() for r in load_distribution(d).releases

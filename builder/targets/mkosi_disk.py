@@ -1,16 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Build targets. A Target turns an ImageSpec into artifacts in an output directory.
-
-MkosiDiskTarget builds a raw UEFI disk image with mkosi; a Flatcar target (sysext +
-Ignition config) is the other planned implementation of the same contract.
-"""
+"""The mkosi disk target: a raw UEFI disk image of an apt distribution (Ubuntu, Debian),
+built by mkosi 24.3 from the project render.py writes."""
 
 from __future__ import annotations
 
-import abc
-import contextlib
-import fcntl
-import hashlib
+import argparse
 import json
 import shutil
 import sys
@@ -18,77 +12,25 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlos_build import demo_model
+from mlos_build.data import variant_names
 from mlos_build.errors import BuildError
-from mlos_build.render import ImageSpec, render
-from mlos_build.runner import Progress, require_tools, run
+from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec, render
+from mlos_build.runner import require_tools, run
+from mlos_build.targets.base import BuildResult, Target, register
+from mlos_build.targets.common import (
+    DEFAULT_OUTPUT_DIR,
+    KERNEL_SOURCE_SKIP,
+    SYSTEM_PATH,
+    cache_lock,
+    check_free_space,
+    update_checksums,
+)
 
 MKOSI_TOOLS = ["mkosi", "bootctl", "systemd-repart", "mcopy", "mkfs.vfat", "mkfs.ext4"]
-SYSTEM_PATH = "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
-MIN_FREE_BYTES = 8 * 1024**3
-KERNEL_SOURCE_SKIP = ("*.o", "*.ko", "*.mod", "*.mod.c", "*.cmd", "Module.symvers",
-                      "modules.order", ".tmp_versions")
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    image: Path
-    manifest: Path
-    checksums: Path
-    seconds: float
-
-
-class Target(abc.ABC):
-    """One kind of artifact mlos-build produces for an ImageSpec."""
-
-    def __init__(self, spec: ImageSpec, mlos_source: Path, progress: Progress) -> None:
-        self.spec = spec
-        self.mlos_source = mlos_source
-        self.progress = progress
-
-    @abc.abstractmethod
-    def render(self, dest: Path) -> list[Path]:
-        """Writes the target's configuration tree (no build)."""
-
-    @abc.abstractmethod
-    def build(self, output_dir: Path) -> BuildResult:
-        """Builds the artifacts into output_dir."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def update_checksums(sums: Path, files: list[Path]) -> None:
-    """Adds or replaces the entries for files in a SHA256SUMS beside them."""
-    entries: dict[str, str] = {}
-    if sums.exists():
-        for line in sums.read_text().splitlines():
-            digest, _, name = line.partition("  ")
-            if name:
-                entries[name] = digest
-    for path in files:
-        entries[path.name] = sha256(path)
-    sums.write_text("".join(f"{d}  {n}\n" for n, d in sorted(entries.items())))
-
-
-def check_free_space(dirs: list[Path], need: int = MIN_FREE_BYTES) -> None:
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(d).free
-        if free < need:
-            raise BuildError(f"no space: only {free / 1024**3:.1f} GiB free under {d}",
-                             hint=f"an image build needs {need / 1024**3:.0f} GiB there: "
-                             "free space or pass --output-dir/--cache-dir elsewhere")
 
 
 def check_mirror(url: str, suite: str) -> None:
@@ -102,21 +44,6 @@ def check_mirror(url: str, suite: str) -> None:
     except (OSError, ValueError) as exc:
         raise BuildError(f"mirror {url} is unreachable: {getattr(exc, 'reason', exc)}",
                          hint="check the network or pass --mirror URL") from exc
-
-
-@contextlib.contextmanager
-def cache_lock(cache_dir: Path, progress: Progress) -> Iterator[None]:
-    """One build per cache directory at a time: two mkosi runs sharing a package cache
-    rewrite each other's apt metadata (seen as "Unable to locate package base-files")."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / ".mlos-build.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress(f"waiting for another mlos-build using {cache_dir} (builds that should "
-                     "run side by side need separate --cache-dir)")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def pinned_llm_requirement(wheel: Path) -> str:
@@ -137,11 +64,49 @@ def pinned_llm_requirement(wheel: Path) -> str:
                      "with --without-llm")
 
 
+@register
 class MkosiDiskTarget(Target):
     """A raw UEFI disk image (systemd-boot, ext4 root) built by mkosi 24.3."""
 
+    name = "mkosi-disk"
+    summary = "a {command} image (raw UEFI disk)"
+    spec: ImageSpec
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, command: str, *,
+                      build: bool) -> None:
+        # Variants and releases are validated against the data files (so the error can
+        # list them), not with argparse choices.
+        parser.add_argument("--variant", default="full",
+                            help=f"what the image carries: {', '.join(variant_names())} "
+                            "(default: full)")
+        parser.add_argument("--release",
+                            help="distribution release (default: the distribution's)")
+        parser.add_argument("--mirror", help="package mirror URL (default: the distribution's)")
+        parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                            help=f"package, image and pip caches reused by rebuilds "
+                            f"(default: {DEFAULT_CACHE_DIR})")
+        parser.add_argument("--with-llm", dest="with_llm", action="store_true", default=True,
+                            help="install llama-cpp-python for LLMs, compiled once per release "
+                            "and then cached (the default)")
+        parser.add_argument("--without-llm", dest="with_llm", action="store_false",
+                            help="leave llama-cpp-python out (smaller image, no compile)")
+        parser.add_argument("--autologin", action="store_true",
+                            help="log root in on the consoles without a password (development "
+                            "only; otherwise root is locked)")
+
+    @classmethod
+    def spec_from_args(cls, command: str, args: argparse.Namespace, *,
+                       build: bool) -> ImageSpec:
+        return ImageSpec.create(command, args.variant, release=args.release,
+                                mirror=args.mirror, cache_dir=args.cache_dir,
+                                with_llm=args.with_llm, autologin=args.autologin)
+
     def render(self, dest: Path) -> list[Path]:
         return render(self.spec, dest)
+
+    def default_render_dir(self) -> Path:
+        return DEFAULT_OUTPUT_DIR / f"{self.spec.name}.mkosi"
 
     def stage_assets(self, assets: Path) -> None:
         """Puts what the build scripts install into assets/ (mounted at $SRCDIR/assets)."""
