@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from mlos_build import demo_model
+from mlos_build import demo_model, release
 from mlos_build.access import DEFAULT_ADMIN_USER, read_api_key
 from mlos_build.data import profile_names, variant_names
 from mlos_build.errors import BuildError
@@ -111,6 +111,8 @@ class MkosiDiskTarget(Target):
         parser.add_argument("--autologin", action="store_true",
                             help="log root in on the consoles without a password (development "
                             "only; otherwise root is locked)")
+        if build:
+            release.add_build_options(parser)
 
     @classmethod
     def spec_from_args(cls, command: str, args: argparse.Namespace, *,
@@ -235,7 +237,8 @@ class MkosiDiskTarget(Target):
         mkosi_manifest = mkosi_out / f"{spec.name}.manifest"
         if mkosi_manifest.exists():
             for pkg in json.loads(mkosi_manifest.read_text()).get("packages", []):
-                packages.append({"name": pkg["name"], "version": pkg["version"]})
+                packages.append({"name": pkg["name"], "version": pkg["version"],
+                                 "architecture": pkg.get("architecture", "")})
         python_packages = json.loads(read("mlos-python-packages.json") or "[]")
         installed = {p["name"].lower(): p["version"] for p in python_packages}
         return {
