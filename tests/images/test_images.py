@@ -5,10 +5,10 @@ compiles once per release, then its wheel is cached).
 CI builds the two images the project promises, each once per session: Ubuntu noble with
 the full module as a `metal` (server) image, and Debian bookworm userspace as a `vm` image.
 The in-guest check reports its verdict to the host over a virtio port (no console
-scraping). The metal image is flashed to a loop device larger than itself and booted
-from that device, then reached the way an operator reaches a server: the real `ssh` client
-with the key baked in at build time, and `curl` against MLOS Core with the API key the
-image made on first boot.
+scraping). The metal image is flashed (mlos-build flash) to a loop device larger than
+itself and booted from that device, then reached the way an operator reaches a server:
+the real `ssh` client with the key baked in at build time, and `curl` against MLOS Core
+with the API key the image made on first boot.
 MLOS_BUILD_CACHE_DIR (default /var/cache/mlos-build) keeps packages and pip wheels between
 runs; MLOS_SOURCE builds another MLOS checkout than this one.
 """
@@ -236,8 +236,9 @@ def test_metal_image_flashed_to_a_loop_device_boots_and_is_reachable(
         loop_device: Callable[[int], Path]) -> None:
     image = built_image("ubuntu", "noble", "full", "metal")
     device = loop_device(image.stat().st_size + EXTRA_DISK_BYTES)
-    subprocess.run(["dd", f"if={image}", f"of={device}", "bs=4M", "conv=fsync,sparse",
-                    "status=none"], check=True)
+    # The way an operator flashes a server's disk: checks, block map, read-back.
+    flashed = mlos_build("flash", "--yes", str(image), str(device))
+    assert flashed.returncode == 0, "flash failed (see the captured stderr)"
     remote = Remote(admin_key, free_port(), free_port())
     machine = Machine(device, forwards={remote.ssh_port: 22, remote.rest_port: 8080},
                       dhcp_hostname="mlos-flashed", snapshot=False)

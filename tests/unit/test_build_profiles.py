@@ -178,17 +178,22 @@ def test_api_key_made_on_first_boot_is_root_only_and_shown_once(
     render(ImageSpec.create("ubuntu", "full", **FIXED), tmp_path / "p")
     script = extra(tmp_path / "p", "usr/libexec/mlos/make-api-key")
     assert os.access(script, os.X_OK)
-    done = subprocess.run([script], capture_output=True, text=True, check=True)
+    screen = tmp_path / "tty1"
+    screen.touch()
+    done = subprocess.run([script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "MLOS_KEY_SCREEN": str(screen)})
     key = key_path.read_text().strip()
     assert len(key) == 64 and int(key, 16) >= 0
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
-    assert f"    {key}\n" in done.stdout
+    assert f"    {key}\n" in done.stdout  # the console
+    assert f"    {key}\n" in screen.read_text()  # the screen
     unit = extra(tmp_path / "p", "usr/lib/systemd/system/mlos-api-key.service").read_text()
     assert f"ConditionPathExists=!{key_path}" in unit  # once: never replaced at a reboot
     assert "StandardOutput=tty" in unit  # the console, not the journal
     # A second machine flashed from the same image makes another key.
     key_path.unlink()
-    subprocess.run([script], capture_output=True, check=True)
+    subprocess.run([script], capture_output=True, check=True,
+                   env={**os.environ, "MLOS_KEY_SCREEN": str(screen)})
     assert key_path.read_text().strip() != key
 
 
