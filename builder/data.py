@@ -38,6 +38,7 @@ class Profile:
     ssh: bool
     api_key: bool
     grow_root: bool
+    initrd_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,4 +121,5 @@ def load_profile(name: str) -> Profile:
         ssh=bool(data["ssh"]),
         api_key=bool(data["api_key"]),
         grow_root=bool(data["grow_root"]),
+        initrd_modules=tuple(data.get("initrd_modules") or ()),
     )

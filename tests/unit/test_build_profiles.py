@@ -74,6 +74,7 @@ def test_vm_profile_is_todays_small_image(tmp_path: Path) -> None:
                    "usr/lib/systemd/system/mlos-core.service.d/50-profile.conf"):
         assert f"mkosi.extra/{absent}" not in files
     assert "Hostname=mlos\n" in (tmp_path / "mkosi.conf").read_text()
+    assert "KernelModulesInitrd" not in (tmp_path / "mkosi.conf").read_text()
     postinst = (tmp_path / "mkosi.postinst.chroot").read_text()
     assert "useradd" not in postinst and "networkd" not in postinst
 
@@ -104,6 +105,10 @@ def test_metal_network_ssh_key_and_growth(tmp_path: Path) -> None:
     assert "Environment=MLOS_HOST=0.0.0.0" in dropin.read_text()
     assert "LoadCredential=api-key:/etc/mlos/api-key" in dropin.read_text()
     assert spec.warnings() == []
+    # The initrd: the storage drivers that find the root disk, not every module.
+    conf = (tmp_path / "mkosi.conf").read_text()
+    assert "KernelModulesInitrdExclude=.*\n" in conf
+    assert "KernelModulesInitrdInclude=default,/drivers/(ata|nvme|scsi|" in conf
 
 
 def test_hostname_and_admin_user_options(tmp_path: Path) -> None:
