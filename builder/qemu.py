@@ -30,6 +30,10 @@ RESULT_PORT = "org.mlos.result"
 VALIDATE_PORT = "org.mlos.validate"
 # The validation unit reads its suite options from the kernel command line under this key.
 VALIDATE_CMDLINE_KEY = "mlos.validate"
+# Under TCG on a busy host the kernel's IO-APIC timer check can fail and panic ("IO-APIC +
+# timer doesn't work", seen with Ubuntu's 6.8 kernel while other guests ran): the check is
+# for broken hardware, which QEMU's emulated chipset is not.
+TCG_CMDLINE = "no_timer_check"
 # With this on the kernel command line the smoke test reports but leaves the guest running.
 KEEP_RUNNING_CMDLINE = "mlos.keep-running"
 OVMF_CODE = ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd")
@@ -106,12 +110,15 @@ class Machine:
             argv += ["-device", "virtio-serial-pci",
                      "-chardev", f"file,id=mlosresult,path={result_file}",
                      "-device", f"virtserialport,chardev=mlosresult,name={result_port}"]
+        extra = [] if kvm else [TCG_CMDLINE]
         if cmdline_extra is not None:
-            # systemd-stub appends this to the kernel command line of the image's UKI.
             if "," in cmdline_extra:
                 raise BuildError("a kernel command line addition must not contain commas")
-            argv += ["-smbios",
-                     f"type=11,value=io.systemd.stub.kernel-cmdline-extra={cmdline_extra}"]
+            extra.append(cmdline_extra)
+        if extra:
+            # systemd-stub appends this to the kernel command line of the image's UKI.
+            argv += ["-smbios", "type=11,value=io.systemd.stub.kernel-cmdline-extra="
+                     + " ".join(extra)]
         return argv
 
 
