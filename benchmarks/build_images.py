@@ -8,6 +8,7 @@ seconds from QEMU start to the serial login prompt, and for MLOS also to a healt
 (guest uptime when /health answered, from the smoke-test verdict).
 
     .venv/bin/python benchmarks/build_images.py [--distribution ubuntu] [--variant full]
+        [--profiles metal,vm]
 
 Writes docs/build-benchmarks.md (and prints it).
 """
@@ -42,7 +43,7 @@ def plain_project(spec: ImageSpec, dest: Path) -> None:
     shutil.copytree(dest / "mlos" / "mkosi.pkgmngr", dest / "plain" / "mkosi.pkgmngr")
     release = spec.distribution.releases[spec.release]
     packages = ["systemd", "systemd-sysv", "udev", *release.packages,
-                *spec.distribution.kernel_packages]
+                *spec.distribution_profile.kernel_packages]
     (dest / "plain" / "mkosi.conf").write_text(
         "[Distribution]\n"
         f"Distribution={spec.distribution.name}\nRelease={spec.release}\n"
@@ -92,10 +93,30 @@ def size(image: Path) -> str:
     return f"{st.st_size / 1024**3:.2f} GiB raw, {st.st_blocks * 512 / 1024**3:.2f} GiB allocated"
 
 
+def measure_mlos(spec: ImageSpec, source: Path, out: Path) -> dict[str, str]:
+    row: dict[str, str] = {}
+    for label in ("cold", "warm"):
+        secs, image = build_mlos(spec, source, out)
+        row[f"{label} build"] = f"{secs:.0f} s"
+    row["image size"] = size(image)
+    row["boot to login prompt"] = f"{seconds_to_login(image):.0f} s"
+    result = smoke_test(image, lambda line: None)
+    detail = result.verdict["checks"]["health"]["detail"]
+    match = re.search(r"at uptime ([0-9.]+)s", detail)
+    row["boot to healthy service"] = (
+        f"{float(match.group(1)):.0f} s guest uptime" if match else detail)
+    row["smoke test (boot to power-off)"] = (
+        f"{result.seconds:.0f} s, {'passed' if result.ok else 'FAILED'}")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--distribution", default="ubuntu")
     parser.add_argument("--variant", default="full")
+    parser.add_argument("--profiles", default="metal",
+                        help="comma list of MLOS image profiles to measure, one column each, "
+                        "e.g. metal,vm (default: metal)")
     parser.add_argument("--without-llm", dest="with_llm", action="store_false",
                         help="build the MLOS image without llama-cpp-python (its cold build "
                         "otherwise includes the llama.cpp compile, about 10 minutes)")
@@ -103,43 +124,38 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/var/tmp/mlos-bench"))
     args = parser.parse_args()
     shutil.rmtree(args.work_dir, ignore_errors=True)
-    rows: dict[str, dict[str, str]] = {"plain mkosi": {}, "MLOS": {}}
+    profiles = [p for p in args.profiles.split(",") if p]
+    specs = {p: ImageSpec.create(args.distribution, args.variant, profile=p,
+                                 cache_dir=args.work_dir / f"mlos-cache-{p}",
+                                 with_llm=args.with_llm)
+             for p in profiles}
+    rows: dict[str, dict[str, str]] = {"plain mkosi": {}}
 
-    plain_cache, mlos_cache = args.work_dir / "plain-cache", args.work_dir / "mlos-cache"
-    spec = ImageSpec.create(args.distribution, args.variant, cache_dir=mlos_cache,
-                            with_llm=args.with_llm)
+    # The plain image uses the first profile's kernel.
+    spec = specs[profiles[0]]
+    plain_cache = args.work_dir / "plain-cache"
     plain_project(spec, args.work_dir / "projects")
     plain_out = args.work_dir / "plain-out"
     for label in ("cold", "warm"):
         secs = build_plain(args.work_dir / "projects" / "plain", plain_out, plain_cache)
         rows["plain mkosi"][f"{label} build"] = f"{secs:.0f} s"
     plain_image = plain_out / "plain.raw"
-    mlos_out = args.work_dir / "mlos-out"
-    for label in ("cold", "warm"):
-        secs, mlos_image = build_mlos(spec, args.mlos_source, mlos_out)
-        rows["MLOS"][f"{label} build"] = f"{secs:.0f} s"
     rows["plain mkosi"]["image size"] = size(plain_image)
-    rows["MLOS"]["image size"] = size(mlos_image)
     rows["plain mkosi"]["boot to login prompt"] = f"{seconds_to_login(plain_image):.0f} s"
-    rows["MLOS"]["boot to login prompt"] = f"{seconds_to_login(mlos_image):.0f} s"
-    rows["plain mkosi"]["boot to healthy service"] = "-"
-    result = smoke_test(mlos_image, lambda line: None)
-    detail = result.verdict["checks"]["health"]["detail"]
-    match = re.search(r"at uptime ([0-9.]+)s", detail)
-    rows["MLOS"]["boot to healthy service"] = (
-        f"{float(match.group(1)):.0f} s guest uptime" if match else detail)
-    rows["MLOS"]["smoke test (boot to power-off)"] = (
-        f"{result.seconds:.0f} s, {'passed' if result.ok else 'FAILED'}")
-    rows["plain mkosi"]["smoke test (boot to power-off)"] = "-"
+    for profile, profile_spec in specs.items():
+        rows[f"MLOS {profile}"] = measure_mlos(profile_spec, args.mlos_source,
+                                               args.work_dir / f"mlos-out-{profile}")
 
-    metrics = list(rows["MLOS"])
+    columns = list(rows)
+    metrics = list(rows[columns[-1]])
     accel = "KVM" if kvm_works() else "TCG (-cpu max)"
     lines = [
         "<!-- SPDX-License-Identifier: Apache-2.0 -->",
         "# Image build benchmarks",
         "",
-        f"`{spec.name}` beside a plain mkosi minimal image of {spec.distribution.name} "
-        f"{spec.release} (systemd, {' '.join(spec.distribution.kernel_packages)}, "
+        f"`{spec.name}` ({', '.join(profiles)} profile{'s' if len(profiles) > 1 else ''}) "
+        f"beside a plain mkosi minimal image of {spec.distribution.name} "
+        f"{spec.release} (systemd, {' '.join(spec.distribution_profile.kernel_packages)}, "
         "systemd-boot), built and booted in the same run by `benchmarks/build_images.py`.",
         "Cold: empty package and image caches; warm: the same build again with them. "
         f"Boots under QEMU with {accel}, 2 vCPUs, 2 GiB.",
@@ -147,9 +163,10 @@ def main() -> None:
         f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPUs; "
         f"run finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
-        "| metric | plain mkosi | MLOS |",
-        "|---|---|---|",
-        *[f"| {m} | {rows['plain mkosi'].get(m, '-')} | {rows['MLOS'][m]} |" for m in metrics],
+        "| metric | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        *["| " + " | ".join([m, *(rows[c].get(m, "-") for c in columns)]) + " |"
+          for m in metrics],
         "",
         f"Load average at the end: {os.getloadavg()[0]:.1f} (boots and builds are CPU bound: "
         "compare rows of one run, and rerun on a busy machine).",
@@ -159,12 +176,14 @@ def main() -> None:
             "cached wheel), " if spec.with_llm else "") + "MLOS Core's venv (onnxruntime, numpy, "
         "grpcio, FastAPI) and python3" + (
             ", the mlos-ml build and DKMS with the kernel headers and compiler (kept so kernel "
-            "upgrades rebuild the module)" if spec.variant.module else "") + ".",
+            "upgrades rebuild the module)" if spec.variant.module else "") + ". The metal "
+        "profile adds the general kernel's full module set, firmware, OpenSSH and "
+        "networkd/resolved (docs/bare-metal.md).",
         "",
         "Reproduce: `.venv/bin/python benchmarks/build_images.py --distribution "
-        f"{args.distribution} --variant {args.variant}"
+        f"{args.distribution} --variant {args.variant} --profiles {','.join(profiles)}"
         + ("" if spec.with_llm else " --without-llm")
-        + "` (10-20 minutes on 2 cores, TCG).",
+        + "` (10-20 minutes per profile on 2 cores, TCG).",
         "",
     ]
     DOC.write_text("\n".join(lines))

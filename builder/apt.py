@@ -28,6 +28,17 @@ class Release:
 
 
 @dataclass(frozen=True)
+class DistributionProfile:
+    """What one profile (images/profiles/) takes from one distribution: its kernel,
+    headers, extra packages and archive components."""
+
+    kernel_packages: tuple[str, ...]
+    headers_packages: tuple[str, ...]
+    packages: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Distribution:
     name: str
     default_release: str
@@ -36,8 +47,7 @@ class Distribution:
     keyring_package: str
     components: tuple[str, ...]
     suites: tuple[str, ...]
-    kernel_packages: tuple[str, ...]
-    headers_packages: tuple[str, ...]
+    profiles: dict[str, DistributionProfile]
     dkms_packages: tuple[str, ...]
     llm_packages: tuple[str, ...]
     base_packages: tuple[str, ...]
@@ -50,6 +60,13 @@ class Distribution:
             raise BuildError(f"unknown {self.name} release '{chosen}'",
                              hint="valid releases: " + ", ".join(self.releases))
         return self.releases[chosen]
+
+    def profile(self, name: str) -> DistributionProfile:
+        if name not in self.profiles:
+            raise BuildError(f"{self.name} has no '{name}' profile",
+                             hint=f"images/distributions/{self.name}.yaml names: "
+                             + ", ".join(self.profiles))
+        return self.profiles[name]
 
     def suites_for(self, release: str) -> list[str]:
         return [s.format(release=release) for s in self.suites]
@@ -76,8 +93,15 @@ def load_distribution(name: str) -> Distribution:
         keyring_package=data["keyring_package"],
         components=tuple(data["components"]),
         suites=tuple(data["suites"]),
-        kernel_packages=tuple(data["kernel_packages"]),
-        headers_packages=tuple(data["headers_packages"]),
+        profiles={
+            prof: DistributionProfile(
+                kernel_packages=tuple(spec["kernel_packages"]),
+                headers_packages=tuple(spec["headers_packages"]),
+                packages=tuple(spec.get("packages", [])),
+                components=tuple(spec.get("components", [])),
+            )
+            for prof, spec in data["profiles"].items()
+        },
         dkms_packages=tuple(data["dkms_packages"]),
         llm_packages=tuple(data["llm_packages"]),
         base_packages=tuple(data["base_packages"]),

@@ -8,6 +8,9 @@
     mlos-build validate IMAGE --out DIR           boot, run the E2E report suite in the guest,
                                                   write DIR/results.json and DIR/report.html
     mlos-build report run|render ...              the E2E validation report (see its --help)
+    mlos-build flash IMAGE DEVICE                 write an image to a disk, checked and verified
+    mlos-build release IMAGE                      .bmap, .qcow2, SPDX SBOM, SHA256SUMS (+ .asc)
+    mlos-build verify DIR                         check SHA256SUMS and its signature
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlos_build import __version__
+from mlos_build import __version__, flash, release
 from mlos_build.errors import BuildError
 from mlos_build.runner import Progress
 from mlos_build.targets import Target, commands
@@ -90,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
     p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default: 2)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before giving up")
+    flash.add_parser(sub)
+    release.add_parsers(sub)
     sub.add_parser("report", help="the E2E validation report: report run|render ... "
                    "(mlos-build report --help)", add_help=False)
     return parser
@@ -138,7 +143,11 @@ def cmd_build(args: argparse.Namespace, progress: Progress) -> int:
     progress(f"building {target.spec.name} ({target.spec.variant.description})")
     result = target.build(args.output_dir.resolve())
     progress(f"built {result.image} in {result.seconds:.0f}s")
-    for other in result.others:
+    others = list(result.others)
+    if "sign_key" in vars(args):  # the target makes disk images: release artifacts too
+        others += release.make_artifacts(result.image, progress,
+                                          release.options_from_args(args), result.manifest)
+    for other in others:
         progress(f"  and {other}")
     print(result.image)
     return 0
@@ -232,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     progress = progress_printer(time.monotonic())
     try:
+        if hasattr(args, "handler"):
+            return int(args.handler(args, progress))
         if args.command == "render":
             return cmd_render(args, progress)
         if args.command == "boot":

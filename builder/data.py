@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Distributions and variants are data files under images/; this module reads what every
-target shares (variants, which target builds a distribution). apt.py reads the rest of
-the apt distributions' data."""
+"""Distributions, variants and profiles are data files under images/; this module reads
+what every target shares (variants, profiles, which target builds a distribution).
+apt.py reads the rest of the apt distributions' data."""
 
 from __future__ import annotations
 
@@ -26,6 +26,20 @@ def images_dir() -> Path:
 @dataclass(frozen=True)
 class ModuleSpec:
     parameters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What an image is for (images/profiles/): a VM, or a physical server."""
+
+    name: str
+    description: str
+    listen_host: str
+    wired_dhcp: bool
+    ssh: bool
+    api_key: bool
+    grow_root: bool
+    initrd_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,11 @@ def variant_names() -> list[str]:
     order = ["userspace", "basic", "scheduler", "full"]
     names = _names("variants")
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
+def profile_names() -> list[str]:
+    # The default first.
+    return sorted(_names("profiles"), key=lambda n: (n != "metal", n))
 
 
 def distribution_data(name: str) -> dict[str, Any]:
@@ -107,3 +126,20 @@ def implied_runtime_mode(module: ModuleSpec | None) -> str:
     p = module.parameters
     return mode_for(*(bool(int(p.get(flag, 0))) for flag in
                       ("enable_tmm", "enable_scheduler", "enable_gpu_manager")))
+
+
+def load_profile(name: str) -> Profile:
+    if name not in profile_names():
+        raise BuildError(f"unknown profile '{name}'",
+                         hint="valid profiles: " + ", ".join(profile_names()))
+    data = _load_yaml(images_dir() / "profiles" / f"{name}.yaml")
+    return Profile(
+        name=data["name"],
+        description=data["description"],
+        listen_host=data["listen_host"],
+        wired_dhcp=bool(data["wired_dhcp"]),
+        ssh=bool(data["ssh"]),
+        api_key=bool(data["api_key"]),
+        grow_root=bool(data["grow_root"]),
+        initrd_modules=tuple(data.get("initrd_modules") or ()),
+    )

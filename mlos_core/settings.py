@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(
         None, description="if set, every request except health needs 'Authorization: Bearer KEY'"
+    )
+    api_key_file: Path | None = Field(
+        None, description="read api_key from this file (its first line), e.g. a systemd "
+        "credential; not together with api_key",
     )
     max_request_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="largest accepted request body (413 above)"
@@ -146,6 +150,25 @@ class Settings(BaseSettings):
             if not root.is_absolute():
                 raise ValueError(f"import root {str(root)!r} must be an absolute path")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_api_key_file(cls, data: Any) -> Any:
+        # A key in a file keeps it out of the environment and the YAML (a metal image hands
+        # the service its root-only key file as a systemd credential).
+        if not isinstance(data, dict) or not data.get("api_key_file"):
+            return data
+        path = Path(data["api_key_file"])
+        if data.get("api_key"):
+            raise ValueError("api_key and api_key_file are both set: give one")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"api_key_file {path}: {exc}") from exc
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ValueError(f"api_key_file {path} is empty")
+        return {**data, "api_key": key}
 
     @property
     def threads(self) -> int:

@@ -15,11 +15,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from mlos_build import demo_model
-from mlos_build.data import variant_names
+from mlos_build import demo_model, release
+from mlos_build.access import DEFAULT_ADMIN_USER, read_api_key
+from mlos_build.data import profile_names, variant_names
 from mlos_build.errors import BuildError
 from mlos_build.llm_wheel import seed_release_wheels
-from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec, render
+from mlos_build.render import DEFAULT_CACHE_DIR, DEFAULT_PROFILE, ImageSpec, render
 from mlos_build.runner import require_tools, run
 from mlos_build.targets.base import BuildResult, Target, register
 from mlos_build.targets.common import (
@@ -87,6 +88,21 @@ class MkosiDiskTarget(Target):
                             "(default: full)")
         parser.add_argument("--release",
                             help="distribution release (default: the distribution's)")
+        parser.add_argument("--profile", default=DEFAULT_PROFILE,
+                            help=f"what the image boots on: {', '.join(profile_names())} "
+                            f"(default: {DEFAULT_PROFILE}: a server's kernel and firmware, "
+                            "DHCP, SSH, the service on the network behind an API key; vm: the "
+                            "small image for QEMU and CI; see docs/bare-metal.md)")
+        parser.add_argument("--hostname", help="fixed host name (default: mlos for vm, the "
+                            "DHCP server's for metal)")
+        parser.add_argument("--admin-user", help="metal: the SSH and sudo user (default: "
+                            f"{DEFAULT_ADMIN_USER})")
+        parser.add_argument("--ssh-key", type=Path, action="append", metavar="FILE.pub",
+                            help="metal: a public key the admin user logs in with "
+                            "(repeatable); without one the image has no remote login")
+        parser.add_argument("--api-key-file", type=Path, metavar="FILE",
+                            help="metal: MLOS Core's API key, one line (default: made on "
+                            "first boot, shown once on the console)")
         parser.add_argument("--mirror", help="package mirror URL (default: the distribution's)")
         parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                             help=f"package, image and pip caches reused by rebuilds "
@@ -99,13 +115,21 @@ class MkosiDiskTarget(Target):
         parser.add_argument("--autologin", action="store_true",
                             help="log root in on the consoles without a password (development "
                             "only; otherwise root is locked)")
+        if build:
+            release.add_build_options(parser)
 
     @classmethod
     def spec_from_args(cls, command: str, args: argparse.Namespace, *,
                        build: bool) -> ImageSpec:
-        return ImageSpec.create(command, args.variant, release=args.release,
+        spec = ImageSpec.create(command, args.variant, release=args.release,
                                 mirror=args.mirror, cache_dir=args.cache_dir,
-                                with_llm=args.with_llm, autologin=args.autologin)
+                                with_llm=args.with_llm, autologin=args.autologin,
+                                profile=args.profile, hostname=args.hostname,
+                                admin_user=args.admin_user, ssh_keys=args.ssh_key,
+                                api_key_file=args.api_key_file)
+        for warning in spec.warnings():
+            print(f"mlos-build: warning: {warning}", file=sys.stderr)
+        return spec
 
     def render(self, dest: Path) -> list[Path]:
         return render(self.spec, dest)
@@ -139,6 +163,11 @@ class MkosiDiskTarget(Target):
                             ignore=shutil.ignore_patterns(*KERNEL_SOURCE_SKIP))
             shutil.copy2(needed[3], assets / "99-mlos-ml.rules")
         demo_model.write_model(assets / "demo" / "1" / "model.onnx")
+        if self.spec.api_key_file is not None:
+            # A secret: staged for the post-install script, never rendered into the project.
+            key = assets / "api-key"
+            key.touch(mode=0o600)
+            key.write_text(read_api_key(self.spec.api_key_file) + "\n")
 
     def run_mkosi(self, output_dir: Path) -> tuple[Path, Path, Path]:
         """Renders the project, stages its assets and runs mkosi; returns the work
@@ -219,13 +248,15 @@ class MkosiDiskTarget(Target):
         mkosi_manifest = mkosi_out / f"{spec.name}.manifest"
         if mkosi_manifest.exists():
             for pkg in json.loads(mkosi_manifest.read_text()).get("packages", []):
-                packages.append({"name": pkg["name"], "version": pkg["version"]})
+                packages.append({"name": pkg["name"], "version": pkg["version"],
+                                 "architecture": pkg.get("architecture", "")})
         python_packages = json.loads(read("mlos-python-packages.json") or "[]")
         installed = {p["name"].lower(): p["version"] for p in python_packages}
         return {
             "distribution": spec.distribution.name,
             "release": spec.release,
             "variant": spec.variant.name,
+            "profile": spec.profile.name,
             "runtime_mode": spec.variant.runtime_mode,
             "kernel_version": read("mlos-kernel-version"),
             "module_vermagic": read("mlos-module-vermagic"),

@@ -218,9 +218,9 @@ def guest_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def boot_guest(image: Path, share: Path, env: dict[str, str],
-               forwards: tuple[tuple[int, int], ...] = ()) -> dict[str, Any]:
+               forwards: dict[int, int] | None = None) -> dict[str, Any]:
     (share / "test.env").write_text("".join(f"{k}='{v}'\n" for k, v in env.items()))
-    machine = Machine(image, memory_mib=3072, forwards=forwards, extra_args=(
+    machine = Machine(image, memory_mib=3072, forwards=forwards or {}, extra_args=(
         "-virtfs", f"local,path={share},mount_tag=mlos-artifacts,security_model=none,"
         "readonly=on"))
     verdict, seconds, console = boot_for_verdict(
@@ -277,8 +277,7 @@ def test_guest_userspace_answers_tritonclient_through_the_port_forward(
 
     def guest() -> None:
         try:
-            result["verdict"] = boot_guest(guest_image, share, env,
-                                           ((rest, 8080), (grpc, 8081)))
+            result["verdict"] = boot_guest(guest_image, share, env, {rest: 8080, grpc: 8081})
         except BaseException as exc:  # reported by the main thread
             result["error"] = exc
 

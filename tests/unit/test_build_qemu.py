@@ -47,8 +47,29 @@ def test_validate_attaches_its_port_and_passes_the_suite_options(tmp_path: Path)
         console_log=tmp_path / "c.log", result_port=VALIDATE_PORT, cmdline_extra=word)
     joined = " ".join(argv)
     assert f"name={VALIDATE_PORT}" in joined and f"name={RESULT_PORT}" not in joined
-    assert f"type=11,value=io.systemd.stub.kernel-cmdline-extra={word}" in joined
+    assert f"type=11,value=io.systemd.stub.kernel-cmdline-extra=no_timer_check {word}" in joined
     assert "snapshot=on" in joined
+
+
+def test_tcg_skips_the_timer_check_kvm_adds_nothing(tmp_path: Path) -> None:
+    # A busy host made the 6.8 kernel's IO-APIC timer check panic under TCG.
+    tcg = Machine(tmp_path / "x.raw", kvm=False).argv(
+        tmp_path / "vars.fd", interactive=False, console_log=tmp_path / "c.log")
+    assert tcg[-2:] == ["-smbios", "type=11,value=io.systemd.stub.kernel-cmdline-extra="
+                        "no_timer_check"]
+    kvm = Machine(tmp_path / "x.raw", kvm=True).argv(
+        tmp_path / "vars.fd", interactive=False, console_log=tmp_path / "c.log")
+    assert "-smbios" not in kvm
+
+
+def test_a_flashed_device_boots_writable_with_port_forwards(tmp_path: Path) -> None:
+    machine = Machine(Path("/dev/loop7"), kvm=False, forwards={2222: 22, 18080: 8080},
+                      dhcp_hostname="srv-1", snapshot=False)
+    joined = " ".join(machine.argv(tmp_path / "vars.fd", interactive=False,
+                                   console_log=tmp_path / "c.log"))
+    assert "if=virtio,format=raw,file=/dev/loop7 " in joined  # no snapshot: growth sticks
+    assert ("user,id=net0,hostname=srv-1,hostfwd=tcp:127.0.0.1:2222-:22,"
+            "hostfwd=tcp:127.0.0.1:18080-:8080") in joined
 
 
 def test_the_guest_decodes_what_the_host_encodes(tmp_path: Path) -> None:
