@@ -211,17 +211,20 @@ class FlatcarTarget(Target):
         work = output_dir / f".{spec.name}.work"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        tree_dir = work / "sysext"
-        self.progress(f"rendering the extension's tree into {tree_dir}")
-        files = sysext.render_tree(spec, tree_dir, self.mlos_source)
-        module: dict[str, Any] | None = None
+        tree = None
         if spec.variant.module is not None:
+            # First: a tree of another release fails in a second, not after the render.
             assert spec.kernel_build_tree is not None
             tree = kernel_tree.open_tree(
                 spec.kernel_build_tree, work, spec.flatcar_version,
                 spec.flatcar.os_release_id, spec.flatcar.required_kernel_config,
                 spec.flatcar.kernel_architecture_config)
             self.progress(f"kernel tree: Flatcar {spec.flatcar_version}, kernel {tree.release}")
+        tree_dir = work / "sysext"
+        self.progress(f"rendering the extension's tree into {tree_dir}")
+        files = sysext.render_tree(spec, tree_dir, self.mlos_source)
+        module: dict[str, Any] | None = None
+        if tree is not None:
             ko, vermagic = kernel_tree.build_module(tree, self.mlos_source, work,
                                                     self.progress, spec.sign_key,
                                                     spec.sign_cert)
