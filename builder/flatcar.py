@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -111,7 +111,6 @@ class FlatcarSpec(BuildSpec):
     sign_key: Path | None = None
     sign_cert: Path | None = None
     source_date_epoch: int = 0
-    cache_dir: Path = field(default=Path("/var/cache/mlos-build"))
 
     @property
     def name(self) -> str:

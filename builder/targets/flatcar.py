@@ -32,7 +32,7 @@ from mlos_build.flatcar import (
     read_ssh_keys,
 )
 from mlos_build.ignition import SysextSource, butane, butane_text, ignition_text, to_ignition
-from mlos_build.runner import run
+from mlos_build.runner import require_tools, run
 from mlos_build.targets.base import BuildResult, Target, register
 from mlos_build.targets.common import (
     DEFAULT_OUTPUT_DIR,
@@ -116,6 +116,7 @@ class FlatcarTarget(Target):
     @classmethod
     def spec_from_args(cls, command: str, args: argparse.Namespace, *,
                        build: bool) -> FlatcarSpec:
+        # Read at call time: the golden tests pin the version (the container image's tag).
         from mlos_build import __version__
 
         variant = load_variant(args.variant)
@@ -154,7 +155,6 @@ class FlatcarTarget(Target):
             extra_files=extra, kernel_build_tree=tree,
             sign_key=sign_key, sign_cert=sign_cert,
             source_date_epoch=source_date_epoch(args.mlos_source))
-        reserved.add(spec.sysext_path)
         for extra_file in extra:
             if extra_file.dest in (spec.sysext_path, spec.sysext_link):
                 raise BuildError(f"--extra-file {extra_file.source}:{extra_file.dest}: "
@@ -207,6 +207,7 @@ class FlatcarTarget(Target):
     def build(self, output_dir: Path) -> BuildResult:
         spec = self.spec
         start = time.monotonic()
+        require_tools(["mksquashfs"])
         check_free_space([output_dir], need=MIN_FREE_BYTES)
         work = output_dir / f".{spec.name}.work"
         shutil.rmtree(work, ignore_errors=True)
