@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -111,7 +111,6 @@ class FlatcarSpec(BuildSpec):
     sign_key: Path | None = None
     sign_cert: Path | None = None
     source_date_epoch: int = 0
-    cache_dir: Path = field(default=Path("/var/cache/mlos-build"))
 
     @property
     def name(self) -> str:
@@ -191,15 +190,15 @@ def parse_extra_file(value: str, provision: Provision, reserved: set[str]) -> Ex
         raise BuildError(f"--extra-file {value}: mlos-build writes {dest} itself",
                          hint="change it through its own option, or pick another path")
     path = Path(src)
+    if path.exists() and not path.is_file():
+        raise BuildError(f"--extra-file {value}: {src} is not a file",
+                         hint="give one file per --extra-file")
     try:
         info = path.stat()
         data = path.read_bytes()
     except OSError as exc:
         raise BuildError(f"--extra-file {value}: cannot read {src} ({exc.strerror})",
                          hint="give a readable file on this machine") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise BuildError(f"--extra-file {value}: {src} is not a file",
-                         hint="give one file per --extra-file")
     if len(data) > provision.inline_max_bytes:
         raise BuildError(f"--extra-file {value}: {len(data)} bytes is too big to inline in "
                          "the Ignition config",

@@ -81,8 +81,12 @@ def unpack(source: Path, work: Path, version: str) -> Path:
         with tarfile.open(source) as archive:
             # The data filter refuses absolute paths, links out of dest and device nodes.
             archive.extractall(dest, filter="data")
+    except tarfile.ReadError as exc:
+        raise BuildError(f"--kernel-build-tree {source} is not a readable tarball (not tar, "
+                         "gzip, bzip2 or xz)", hint=tree_hint(version)) from exc
     except (tarfile.TarError, OSError) as exc:
-        raise BuildError(f"--kernel-build-tree {source} is not a readable tarball ({exc})",
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BuildError(f"--kernel-build-tree {source} cannot be unpacked ({reason})",
                          hint=tree_hint(version)) from exc
     return dest
 

@@ -60,7 +60,6 @@ def context(spec: FlatcarSpec) -> dict[str, Any]:
         "core_after": after,
         "core_wants": wants,
         "demo": demo_model.DEMO,
-        "mlos_version": spec.mlos_version,
     }
 
 

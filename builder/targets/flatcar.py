@@ -32,7 +32,7 @@ from mlos_build.flatcar import (
     read_ssh_keys,
 )
 from mlos_build.ignition import SysextSource, butane, butane_text, ignition_text, to_ignition
-from mlos_build.runner import run
+from mlos_build.runner import require_tools, run
 from mlos_build.targets.base import BuildResult, Target, register
 from mlos_build.targets.common import (
     DEFAULT_OUTPUT_DIR,
@@ -116,6 +116,7 @@ class FlatcarTarget(Target):
     @classmethod
     def spec_from_args(cls, command: str, args: argparse.Namespace, *,
                        build: bool) -> FlatcarSpec:
+        # Read at call time: the golden tests pin the version (the container image's tag).
         from mlos_build import __version__
 
         variant = load_variant(args.variant)
@@ -154,7 +155,6 @@ class FlatcarTarget(Target):
             extra_files=extra, kernel_build_tree=tree,
             sign_key=sign_key, sign_cert=sign_cert,
             source_date_epoch=source_date_epoch(args.mlos_source))
-        reserved.add(spec.sysext_path)
         for extra_file in extra:
             if extra_file.dest in (spec.sysext_path, spec.sysext_link):
                 raise BuildError(f"--extra-file {extra_file.source}:{extra_file.dest}: "
@@ -207,21 +207,25 @@ class FlatcarTarget(Target):
     def build(self, output_dir: Path) -> BuildResult:
         spec = self.spec
         start = time.monotonic()
+        require_tools(["mksquashfs"])
         check_free_space([output_dir], need=MIN_FREE_BYTES)
         work = output_dir / f".{spec.name}.work"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        tree_dir = work / "sysext"
-        self.progress(f"rendering the extension's tree into {tree_dir}")
-        files = sysext.render_tree(spec, tree_dir, self.mlos_source)
-        module: dict[str, Any] | None = None
+        tree = None
         if spec.variant.module is not None:
+            # First: a tree of another release fails in a second, not after the render.
             assert spec.kernel_build_tree is not None
             tree = kernel_tree.open_tree(
                 spec.kernel_build_tree, work, spec.flatcar_version,
                 spec.flatcar.os_release_id, spec.flatcar.required_kernel_config,
                 spec.flatcar.kernel_architecture_config)
             self.progress(f"kernel tree: Flatcar {spec.flatcar_version}, kernel {tree.release}")
+        tree_dir = work / "sysext"
+        self.progress(f"rendering the extension's tree into {tree_dir}")
+        files = sysext.render_tree(spec, tree_dir, self.mlos_source)
+        module: dict[str, Any] | None = None
+        if tree is not None:
             ko, vermagic = kernel_tree.build_module(tree, self.mlos_source, work,
                                                     self.progress, spec.sign_key,
                                                     spec.sign_cert)

@@ -27,7 +27,8 @@ from flatcar_support import (
     stand_in_tree,
 )
 
-from mlos_build.kernel_tree import kernel_release
+from mlos_build.errors import BuildError
+from mlos_build.kernel_tree import KernelTree, kernel_release, parse_config, sign
 
 HEADERS = headers_dir()
 pytestmark = [
@@ -153,3 +154,28 @@ def test_a_tree_of_another_release_is_refused_before_compiling(tmp_path: Path) -
         "/usr/lib/modules/$(uname -r) build -C /usr/lib os-release' > "
         f"flatcar-{TREE_VERSION}-kernel-tree.tar.gz"]
     assert not (tmp_path / "out" / f"{NAME}.raw").exists()
+
+
+def test_sign_key_signs_the_module_with_the_trees_sign_file(
+        builds: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    # The built module, signed as --sign-key does (a whole build more would compile again).
+    out, _, headers = builds
+    unpacked = tmp_path / "x"
+    subprocess.run(["unsquashfs", "-d", str(unpacked), str(out / f"{NAME}.raw")], check=True,
+                   capture_output=True)
+    ko = tmp_path / "mlos_ml.ko"
+    release = kernel_release(headers)
+    ko.write_bytes(lzma.decompress(
+        (unpacked / f"usr/lib/modules/{release}/extra/mlos_ml.ko.xz").read_bytes()))
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-days", "1", "-subj", "/CN=mlos test signing", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    tree = KernelTree(build=headers, release=str(release), os_release={},
+                      config=parse_config((headers / ".config").read_text()))
+    unsigned = ko.read_bytes()
+    sign(tree, ko, key, cert)
+    signed = ko.read_bytes()
+    assert signed.startswith(unsigned) and signed.endswith(b"~Module signature appended~\n")
+    with pytest.raises(BuildError, match="does not exist"):
+        sign(tree, ko, tmp_path / "missing.pem", cert)
