@@ -43,7 +43,7 @@ def plain_project(spec: ImageSpec, dest: Path) -> None:
     shutil.copytree(dest / "mlos" / "mkosi.pkgmngr", dest / "plain" / "mkosi.pkgmngr")
     release = spec.distribution.releases[spec.release]
     packages = ["systemd", "systemd-sysv", "udev", *release.packages,
-                *spec.distribution.kernel_packages]
+                *spec.distribution_profile.kernel_packages]
     (dest / "plain" / "mkosi.conf").write_text(
         "[Distribution]\n"
         f"Distribution={spec.distribution.name}\nRelease={spec.release}\n"
@@ -140,7 +140,7 @@ def main() -> None:
         "# Image build benchmarks",
         "",
         f"`{spec.name}` beside a plain mkosi minimal image of {spec.distribution.name} "
-        f"{spec.release} (systemd, {' '.join(spec.distribution.kernel_packages)}, "
+        f"{spec.release} (systemd, {' '.join(spec.distribution_profile.kernel_packages)}, "
         "systemd-boot), built and booted in the same run by `benchmarks/build_images.py`.",
         "Cold: empty package and image caches; warm: the same build again with them. "
         f"Boots under QEMU with {accel}, 2 vCPUs, 2 GiB.",

@@ -24,6 +24,18 @@ def distribution_names() -> list[str]:
 class Release:
     name: str
     packages: tuple[str, ...] = ()
+    glibc: str | None = None  # its C library's version: which prebuilt wheels run there
+
+
+@dataclass(frozen=True)
+class DistributionProfile:
+    """What one profile (images/profiles/) takes from one distribution: its kernel,
+    headers, extra packages and archive components."""
+
+    kernel_packages: tuple[str, ...]
+    headers_packages: tuple[str, ...]
+    packages: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,8 +47,7 @@ class Distribution:
     keyring_package: str
     components: tuple[str, ...]
     suites: tuple[str, ...]
-    kernel_packages: tuple[str, ...]
-    headers_packages: tuple[str, ...]
+    profiles: dict[str, DistributionProfile]
     dkms_packages: tuple[str, ...]
     llm_packages: tuple[str, ...]
     base_packages: tuple[str, ...]
@@ -49,6 +60,13 @@ class Distribution:
             raise BuildError(f"unknown {self.name} release '{chosen}'",
                              hint="valid releases: " + ", ".join(self.releases))
         return self.releases[chosen]
+
+    def profile(self, name: str) -> DistributionProfile:
+        if name not in self.profiles:
+            raise BuildError(f"{self.name} has no '{name}' profile",
+                             hint=f"images/distributions/{self.name}.yaml names: "
+                             + ", ".join(self.profiles))
+        return self.profiles[name]
 
     def suites_for(self, release: str) -> list[str]:
         return [s.format(release=release) for s in self.suites]
@@ -63,7 +81,8 @@ def load_distribution(name: str) -> Distribution:
                          hint="valid distributions: " + ", ".join(distribution_names()))
     data = distribution_data(name)
     releases = {
-        rel: Release(rel, tuple((spec or {}).get("packages", [])))
+        rel: Release(rel, tuple((spec or {}).get("packages", [])),
+                     str((spec or {})["glibc"]) if (spec or {}).get("glibc") else None)
         for rel, spec in data["releases"].items()
     }
     return Distribution(
@@ -74,8 +93,15 @@ def load_distribution(name: str) -> Distribution:
         keyring_package=data["keyring_package"],
         components=tuple(data["components"]),
         suites=tuple(data["suites"]),
-        kernel_packages=tuple(data["kernel_packages"]),
-        headers_packages=tuple(data["headers_packages"]),
+        profiles={
+            prof: DistributionProfile(
+                kernel_packages=tuple(spec["kernel_packages"]),
+                headers_packages=tuple(spec["headers_packages"]),
+                packages=tuple(spec.get("packages", [])),
+                components=tuple(spec.get("components", [])),
+            )
+            for prof, spec in data["profiles"].items()
+        },
         dkms_packages=tuple(data["dkms_packages"]),
         llm_packages=tuple(data["llm_packages"]),
         base_packages=tuple(data["base_packages"]),

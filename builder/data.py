@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Distributions and variants are data files under images/; this module reads what every
-target shares (variants, which target builds a distribution). apt.py reads the rest of
-the apt distributions' data."""
+"""Distributions, variants and profiles are data files under images/; this module reads
+what every target shares (variants, profiles, which target builds a distribution).
+apt.py reads the rest of the apt distributions' data."""
 
 from __future__ import annotations
 
@@ -47,6 +47,19 @@ class ModuleSpec:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """What an image is for (images/profiles/): a VM, or a physical server."""
+
+    name: str
+    description: str
+    listen_host: str
+    wired_dhcp: bool
+    ssh: bool
+    api_key: bool
+    grow_root: bool
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str
     description: str
@@ -77,6 +90,11 @@ def variant_names() -> list[str]:
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
+def profile_names() -> list[str]:
+    # The default first.
+    return sorted(_names("profiles"), key=lambda n: (n != "metal", n))
+
+
 def distribution_data(name: str) -> dict[str, Any]:
     """The raw data of one images/distributions/NAME.yaml (each target reads its part)."""
     if name not in distribution_names():
@@ -105,4 +123,20 @@ def load_variant(name: str) -> Variant:
         description=data["description"],
         runtime_mode=data["runtime_mode"],
         module=ModuleSpec(dict(module["parameters"])) if module else None,
+    )
+
+
+def load_profile(name: str) -> Profile:
+    if name not in profile_names():
+        raise BuildError(f"unknown profile '{name}'",
+                         hint="valid profiles: " + ", ".join(profile_names()))
+    data = _load_yaml(images_dir() / "profiles" / f"{name}.yaml")
+    return Profile(
+        name=data["name"],
+        description=data["description"],
+        listen_host=data["listen_host"],
+        wired_dhcp=bool(data["wired_dhcp"]),
+        ssh=bool(data["ssh"]),
+        api_key=bool(data["api_key"]),
+        grow_root=bool(data["grow_root"]),
     )

@@ -5,6 +5,7 @@
 JSON verdict there and powers the guest off, so the host reads a status, not a console.
 `validate` does the same with a port named org.mlos.validate: the image's validation unit
 runs the E2E report suite against the guest's own service and sends its results back.
+The image may also be a block device (a disk an image was flashed to).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ RESULT_PORT = "org.mlos.result"
 VALIDATE_PORT = "org.mlos.validate"
 # The validation unit reads its suite options from the kernel command line under this key.
 VALIDATE_CMDLINE_KEY = "mlos.validate"
+# With this on the kernel command line the smoke test reports but leaves the guest running.
+KEEP_RUNNING_CMDLINE = "mlos.keep-running"
 OVMF_CODE = ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = ("/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd")
 
@@ -66,6 +70,12 @@ class Machine:
     memory_mib: int = 2048
     cpus: int = 2
     kvm: bool | None = None
+    # Host port -> guest TCP port, on 127.0.0.1 through QEMU's user network.
+    forwards: dict[int, int] = field(default_factory=dict)
+    # The host name QEMU's DHCP server hands the guest.
+    dhcp_hostname: str | None = None
+    # Writes go to a throw-away overlay (False: to the image or device itself).
+    snapshot: bool = True
 
     def uses_kvm(self) -> bool:
         if self.kvm is None:
@@ -84,8 +94,8 @@ class Machine:
             "-drive", f"if=pflash,format=raw,readonly=on,file={_first_existing(OVMF_CODE)}",
             "-drive", f"if=pflash,format=raw,file={vars_file}",
             "-drive", f"if=virtio,format=raw,file={self.image}"
-            + ("" if interactive else ",snapshot=on"),
-            "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
+            + ("" if interactive or not self.snapshot else ",snapshot=on"),
+            "-netdev", self.netdev(), "-device", "virtio-net-pci,netdev=net0",
             "-device", "virtio-rng-pci",
         ]
         if interactive:
@@ -105,8 +115,17 @@ class Machine:
         return argv
 
 
+    def netdev(self) -> str:
+        options = ["user", "id=net0"]
+        if self.dhcp_hostname:
+            options.append(f"hostname={self.dhcp_hostname}")
+        options += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+                    for host, guest in self.forwards.items()]
+        return ",".join(options)
+
+
 def _check_image(image: Path) -> None:
-    if not image.is_file():
+    if not (image.is_file() or image.is_block_device()):
         raise BuildError(f"image {image} not found", hint="build one with mlos-build ubuntu "
                          "--variant full, or give the path of a .raw image")
     require_tools([QEMU])
@@ -128,6 +147,29 @@ def boot(image: Path, memory_mib: int = 2048) -> int:
 
 
 @dataclass
+class RunningGuest:
+    """A guest booted for a verdict, while the host tests it (see smoke_test's `during`)."""
+
+    process: subprocess.Popen[bytes]
+    result_file: Path
+    console_log: Path
+
+    def verdict(self, timeout_s: float) -> Any:
+        """Waits for the guest's JSON verdict line on the result port and returns it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.result_file.read_text() if self.result_file.exists() else ""
+            if text.endswith("\n"):
+                return json.loads(text.splitlines()[-1])
+            if self.process.poll() is not None:
+                raise BuildError("the guest stopped before its verdict",
+                                 hint=f"read the console log {self.console_log}")
+            time.sleep(1)
+        raise BuildError(f"no verdict from the guest within {timeout_s:.0f}s",
+                         hint=f"read the console log {self.console_log}")
+
+
+@dataclass
 class TestResult:
     verdict: dict[str, Any]
     seconds: float
@@ -138,11 +180,34 @@ class TestResult:
         return bool(self.verdict.get("ok"))
 
 
+def _run_during(argv: list[str], result_file: Path, console: Path,
+                during: Callable[[RunningGuest], None], timeout_s: float,
+                progress: Progress) -> None:
+    """Runs QEMU in the background while `during` tests the guest; `during` ends by
+    powering the guest off, and QEMU must then exit within what is left of timeout_s."""
+    progress("$ " + " ".join(argv))
+    deadline = time.monotonic() + timeout_s
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    try:
+        during(RunningGuest(process, result_file, console))
+        process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"the guest did not power off within {timeout_s:.0f}s",
+                         hint=f"read the console log {console}") from exc
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _boot_for_verdict(machine: Machine, image: Path, progress: Progress, prefix: str,
                       what: str, timeout_s: float, missing_hint: str,
+                      during: Callable[[RunningGuest], None] | None = None,
                       **argv_options: Any) -> tuple[Any, float, Path]:
-    """Boots a snapshot of the image until the guest powers off, and returns the last JSON
-    line the guest wrote to its result port, the boot's wall time and the console log."""
+    """Boots the image (a snapshot unless machine.snapshot is False) until the guest powers
+    off, and returns the last JSON line the guest wrote to its result port, the boot's wall
+    time and the console log. With `during`, QEMU runs in the background while
+    during(guest) tests the running guest, which it must power off at the end."""
     _check_image(image)
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=argv_options.pop("work_dir", None)))
     vars_file = work / "OVMF_VARS.fd"
@@ -154,11 +219,14 @@ def _boot_for_verdict(machine: Machine, image: Path, progress: Progress, prefix:
     progress(f"booting {image.name} under QEMU ({'KVM' if machine.uses_kvm() else 'TCG'}, "
              f"{machine.cpus} vCPUs); console log: {console}")
     start = time.monotonic()
-    try:
-        run(argv, what=f"QEMU boot of {image.name}", timeout=timeout_s, check=False)
-    except BuildError as exc:
-        raise BuildError(f"{exc.message}; no {what} from the guest",
-                         hint=f"read the console log {console}") from exc
+    if during is not None:
+        _run_during(argv, result_file, console, during, timeout_s, progress)
+    else:
+        try:
+            run(argv, what=f"QEMU boot of {image.name}", timeout=timeout_s, check=False)
+        except BuildError as exc:
+            raise BuildError(f"{exc.message}; no {what} from the guest",
+                             hint=f"read the console log {console}") from exc
     seconds = time.monotonic() - start
     text = result_file.read_text().strip() if result_file.exists() else ""
     if not text:
@@ -173,12 +241,22 @@ def _boot_for_verdict(machine: Machine, image: Path, progress: Progress, prefix:
 
 
 def smoke_test(image: Path, progress: Progress, timeout_s: float = 900,
-               memory_mib: int = 2048, work_dir: Path | None = None) -> TestResult:
+               memory_mib: int = 2048, work_dir: Path | None = None,
+               machine: Machine | None = None,
+               during: Callable[[RunningGuest], None] | None = None) -> TestResult:
     """Boots the image (snapshot: the image is not changed), waits for the in-guest smoke
-    test's verdict on the result port and the guest's power-off, and returns it."""
+    test's verdict on the result port and the guest's power-off, and returns it.
+
+    With `during`, the guest keeps running after its verdict (mlos.keep-running) while
+    during(guest) tests it from the host (through machine.forwards, say), and powers it off.
+    """
+    machine = machine or Machine(image, memory_mib)
+    options: dict[str, Any] = {"work_dir": work_dir}
+    if during is not None:
+        options["cmdline_extra"] = KEEP_RUNNING_CMDLINE
     verdict, seconds, console = _boot_for_verdict(
-        Machine(image, memory_mib), image, progress, "mlos-test-", "smoke-test verdict",
-        timeout_s, "", work_dir=work_dir)
+        machine, image, progress, "mlos-test-", "smoke-test verdict", timeout_s, "",
+        during=during, **options)
     return TestResult(verdict, seconds, console)
 
 

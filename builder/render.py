@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Renders the mkosi project for one distribution x release x variant from images/mkosi/.
+"""Renders the mkosi project for one distribution x release x variant x profile from
+images/mkosi/.
 
 The template tree mirrors the tree it produces: `X.j2` renders to `X` (StrictUndefined,
 so a missing value is an error), other files are copied, and a template that renders to
@@ -16,14 +17,24 @@ from typing import Any
 import jinja2
 
 from mlos_build import __version__
-from mlos_build.apt import Distribution, load_distribution
-from mlos_build.data import images_dir, load_variant
+from mlos_build.access import (
+    DEFAULT_ADMIN_USER,
+    check_admin_user,
+    check_hostname,
+    read_api_key,
+    read_ssh_keys,
+)
+from mlos_build.apt import Distribution, DistributionProfile, load_distribution
+from mlos_build.data import Profile, images_dir, load_profile, load_variant
 from mlos_build.demo_model import DEMO
 from mlos_build.errors import BuildError
 from mlos_build.spec import BuildSpec
 
 DEFAULT_CACHE_DIR = Path("/var/cache/mlos-build")
+DEFAULT_PROFILE = "metal"
 REST_PORT = 8080
+# Where a metal image keeps MLOS Core's API key (root only; made on first boot).
+API_KEY_PATH = "/etc/mlos/api-key"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,26 +44,64 @@ class ImageSpec(BuildSpec):
     distribution: Distribution
     release: str
     mirror: str
+    profile: Profile
     cache_dir: Path = DEFAULT_CACHE_DIR
     with_llm: bool = True
     autologin: bool = False
+    # Profiles with ssh / api_key only (checked in create).
+    hostname: str | None = None
+    admin_user: str = DEFAULT_ADMIN_USER
+    ssh_keys: tuple[str, ...] = ()
+    api_key_file: Path | None = None
 
     @classmethod
     def create(cls, distribution: str, variant: str, release: str | None = None,
                mirror: str | None = None, cache_dir: Path | None = None,
                with_llm: bool = True, autologin: bool = False,
-               mlos_version: str | None = None) -> ImageSpec:
+               mlos_version: str | None = None, profile: str = DEFAULT_PROFILE,
+               hostname: str | None = None, admin_user: str | None = None,
+               ssh_keys: list[Path] | None = None,
+               api_key_file: Path | None = None) -> ImageSpec:
         dist = load_distribution(distribution)
         rel = dist.release(release)
+        prof = load_profile(profile)
+        dist.profile(prof.name)
+        if not prof.ssh and (admin_user is not None or ssh_keys):
+            raise BuildError(f"--admin-user and --ssh-key need SSH, which the {prof.name} "
+                             "profile leaves out", hint="build with --profile metal")
+        if not prof.api_key and api_key_file is not None:
+            raise BuildError(f"--api-key-file: the {prof.name} profile serves on "
+                             f"{prof.listen_host} without an API key",
+                             hint="build with --profile metal")
+        if api_key_file is not None:
+            read_api_key(api_key_file)
         return cls(distribution=dist, release=rel.name, variant=load_variant(variant),
-                   mirror=(mirror or dist.mirror).rstrip("/"),
+                   mirror=(mirror or dist.mirror).rstrip("/"), profile=prof,
                    cache_dir=(cache_dir or DEFAULT_CACHE_DIR).absolute(),
                    with_llm=with_llm, autologin=autologin,
-                   mlos_version=mlos_version or __version__)
+                   mlos_version=mlos_version or __version__,
+                   hostname=check_hostname(hostname) if hostname else None,
+                   admin_user=check_admin_user(admin_user or DEFAULT_ADMIN_USER),
+                   ssh_keys=read_ssh_keys(ssh_keys or []),
+                   api_key_file=api_key_file.absolute() if api_key_file else None)
 
     @property
     def name(self) -> str:
-        return f"mlos-{self.distribution.name}-{self.release}-{self.variant.name}"
+        # The default profile keeps the plain name; others say theirs.
+        suffix = "" if self.profile.name == DEFAULT_PROFILE else f"-{self.profile.name}"
+        return f"mlos-{self.distribution.name}-{self.release}-{self.variant.name}{suffix}"
+
+    @property
+    def distribution_profile(self) -> DistributionProfile:
+        return self.distribution.profile(self.profile.name)
+
+    def warnings(self) -> list[str]:
+        """What the user should know before booting the image on a server."""
+        if self.profile.ssh and not self.ssh_keys:
+            return [f"no --ssh-key given: this image has no remote login (SSH accepts keys "
+                    f"only; {self.admin_user} has none); log in on the console or rebuild "
+                    "with --ssh-key FILE.pub"]
+        return []
 
     @property
     def pip_cache_dir(self) -> Path:
@@ -60,12 +109,13 @@ class ImageSpec(BuildSpec):
 
     def packages(self) -> list[str]:
         dist = self.distribution
+        prof = self.distribution_profile
         packages = [*dist.base_packages, *dist.releases[self.release].packages,
-                    *dist.kernel_packages]
+                    *prof.kernel_packages, *prof.packages]
         if self.variant.module is not None:
             # DKMS and the kernel's headers stay in the image, so that a kernel upgrade
             # rebuilds mlos-ml (dkms pulls in the compiler).
-            packages += [*dist.dkms_packages, *dist.headers_packages]
+            packages += [*dist.dkms_packages, *prof.headers_packages]
         if self.with_llm:
             packages += dist.llm_packages
         return list(dict.fromkeys(packages))
@@ -73,7 +123,7 @@ class ImageSpec(BuildSpec):
     def build_packages(self) -> list[str]:
         packages: list[str] = []
         if self.variant.module is not None:
-            packages += [*self.distribution.headers_packages, "gcc", "make", "kmod"]
+            packages += [*self.distribution_profile.headers_packages, "gcc", "make", "kmod"]
         if self.with_llm:
             packages += ["g++", "cmake", "python3-dev", "python3-venv"]
         return list(dict.fromkeys(packages))
@@ -87,7 +137,14 @@ class ImageSpec(BuildSpec):
             "distribution": dist,
             "release": self.release,
             "variant": self.variant,
+            "profile": self.profile,
             "image_name": self.name,
+            "components": list(dict.fromkeys([*dist.components,
+                                              *self.distribution_profile.components])),
+            "hostname": self.hostname,
+            "admin_user": self.admin_user,
+            "ssh_keys": list(self.ssh_keys),
+            "api_key_path": API_KEY_PATH,
             "mirror": self.mirror,
             "suites": dist.suites_for(self.release),
             "security_mirror": security.get("mirror", ""),

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(
         None, description="if set, every request except health needs 'Authorization: Bearer KEY'"
+    )
+    api_key_file: Path | None = Field(
+        None, description="read api_key from this file (its first line), e.g. a systemd "
+        "credential; not together with api_key",
     )
     max_request_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="largest accepted request body (413 above)"
@@ -87,6 +91,25 @@ class Settings(BaseSettings):
     llm_queue_size: int = Field(
         16, ge=0, description="LLM requests that may wait per model before 503"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_api_key_file(cls, data: Any) -> Any:
+        # A key in a file keeps it out of the environment and the YAML (a metal image hands
+        # the service its root-only key file as a systemd credential).
+        if not isinstance(data, dict) or not data.get("api_key_file"):
+            return data
+        path = Path(data["api_key_file"])
+        if data.get("api_key"):
+            raise ValueError("api_key and api_key_file are both set: give one")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"api_key_file {path}: {exc}") from exc
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ValueError(f"api_key_file {path} is empty")
+        return {**data, "api_key": key}
 
     @property
     def threads(self) -> int:

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from mlos_build import demo_model, release
-from mlos_build.data import variant_names
+from mlos_build.access import DEFAULT_ADMIN_USER, read_api_key
+from mlos_build.data import profile_names, variant_names
 from mlos_build.errors import BuildError
-from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec, render
+from mlos_build.llm_wheel import seed_release_wheels
+from mlos_build.render import DEFAULT_CACHE_DIR, DEFAULT_PROFILE, ImageSpec, render
 from mlos_build.runner import require_tools, run
 from mlos_build.source import MlosSource
 from mlos_build.targets.base import BuildResult, Target, register
@@ -94,6 +96,21 @@ class MkosiDiskTarget(Target):
                             "(default: full)")
         parser.add_argument("--release",
                             help="distribution release (default: the distribution's)")
+        parser.add_argument("--profile", default=DEFAULT_PROFILE,
+                            help=f"what the image boots on: {', '.join(profile_names())} "
+                            f"(default: {DEFAULT_PROFILE}: a server's kernel and firmware, "
+                            "DHCP, SSH, the service on the network behind an API key; vm: the "
+                            "small image for QEMU and CI; see docs/bare-metal.md)")
+        parser.add_argument("--hostname", help="fixed host name (default: mlos for vm, the "
+                            "DHCP server's for metal)")
+        parser.add_argument("--admin-user", help="metal: the SSH and sudo user (default: "
+                            f"{DEFAULT_ADMIN_USER})")
+        parser.add_argument("--ssh-key", type=Path, action="append", metavar="FILE.pub",
+                            help="metal: a public key the admin user logs in with "
+                            "(repeatable); without one the image has no remote login")
+        parser.add_argument("--api-key-file", type=Path, metavar="FILE",
+                            help="metal: MLOS Core's API key, one line (default: made on "
+                            "first boot, shown once on the console)")
         parser.add_argument("--mirror", help="package mirror URL (default: the distribution's)")
         parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                             help=f"package, image and pip caches reused by rebuilds "
@@ -112,9 +129,15 @@ class MkosiDiskTarget(Target):
     @classmethod
     def spec_from_args(cls, command: str, args: argparse.Namespace, *,
                        build: bool) -> ImageSpec:
-        return ImageSpec.create(command, args.variant, release=args.release,
+        spec = ImageSpec.create(command, args.variant, release=args.release,
                                 mirror=args.mirror, cache_dir=args.cache_dir,
-                                with_llm=args.with_llm, autologin=args.autologin)
+                                with_llm=args.with_llm, autologin=args.autologin,
+                                profile=args.profile, hostname=args.hostname,
+                                admin_user=args.admin_user, ssh_keys=args.ssh_key,
+                                api_key_file=args.api_key_file)
+        for warning in spec.warnings():
+            print(f"mlos-build: warning: {warning}", file=sys.stderr)
+        return spec
 
     def render(self, dest: Path) -> list[Path]:
         return render(self.spec, dest)
@@ -146,6 +169,11 @@ class MkosiDiskTarget(Target):
                             ignore=shutil.ignore_patterns(*KERNEL_SOURCE_SKIP))
             shutil.copy2(needed[3], assets / "99-mlos-ml.rules")
         demo_model.write_model(assets / "demo" / "1" / "model.onnx")
+        if self.spec.api_key_file is not None:
+            # A secret: staged for the post-install script, never rendered into the project.
+            key = assets / "api-key"
+            key.touch(mode=0o600)
+            key.write_text(read_api_key(self.spec.api_key_file) + "\n")
 
     def build(self, output_dir: Path) -> BuildResult:
         spec = self.spec
@@ -161,6 +189,8 @@ class MkosiDiskTarget(Target):
         self.render(project)
         self.stage_assets(project / "assets")
         spec.pip_cache_dir.mkdir(parents=True, exist_ok=True)
+        if spec.with_llm:
+            self.seed_llm_wheel(project / "assets" / "llm-requirement.txt")
         mkosi_out = work / "out"
         log = output_dir / f"{spec.name}.build.log"
         log.unlink(missing_ok=True)
@@ -175,6 +205,18 @@ class MkosiDiskTarget(Target):
         update_checksums(checksums, [image, manifest])
         shutil.rmtree(work)
         return BuildResult(image, manifest, checksums, time.monotonic() - start)
+
+    def seed_llm_wheel(self, requirement_file: Path) -> None:
+        """Reuses the host's portable llama.cpp build where the release's C library allows,
+        so the image build does not compile it again."""
+        spec = self.spec
+        glibc = spec.distribution.releases[spec.release].glibc
+        release_dir = (spec.pip_cache_dir / "mlos-wheels"
+                       / f"{spec.distribution.name}-{spec.release}")
+        seeded = seed_release_wheels(requirement_file.read_text().strip(), release_dir, glibc)
+        if seeded:
+            self.progress(f"reusing the host's llama.cpp build {seeded.name} (its glibc is "
+                          f"not newer than {spec.release}'s {glibc})")
 
     def _mkosi(self, project: Path, mkosi_out: Path, log: Path) -> None:
         spec = self.spec
@@ -214,6 +256,7 @@ class MkosiDiskTarget(Target):
             "distribution": spec.distribution.name,
             "release": spec.release,
             "variant": spec.variant.name,
+            "profile": spec.profile.name,
             "runtime_mode": spec.variant.runtime_mode,
             "kernel_version": read("mlos-kernel-version"),
             "module_vermagic": read("mlos-module-vermagic"),

@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 
 from mlos_build.apt import distribution_names, load_distribution
-from mlos_build.data import variant_names
+from mlos_build.data import profile_names, variant_names
 from mlos_build.errors import BuildError
 from mlos_build.render import ImageSpec, render
 
 GOLDEN = Path(__file__).parent / "golden" / "build"
+ADMIN_KEY = Path(__file__).parent / "golden" / "ssh" / "admin.pub"
 # Fixed inputs, so the renders do not depend on this checkout's version or this machine.
 FIXED = {"cache_dir": Path("/var/cache/mlos-build"), "mlos_version": "0.0.0-golden"}
-GOLDEN_IMAGES = [("ubuntu", "noble", "full"), ("debian", "bookworm", "userspace"),
-                 ("ubuntu", "jammy", "basic"), ("debian", "trixie", "scheduler")]
+GOLDEN_IMAGES = [("ubuntu", "noble", "full", "metal"), ("debian", "bookworm", "userspace", "vm"),
+                 ("ubuntu", "jammy", "basic", "vm"), ("debian", "trixie", "scheduler", "metal")]
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -30,12 +31,15 @@ def tree(root: Path) -> dict[str, str]:
             if p.is_file()}
 
 
-@pytest.mark.parametrize(("distribution", "release", "variant"), GOLDEN_IMAGES)
+@pytest.mark.parametrize(("distribution", "release", "variant", "profile"), GOLDEN_IMAGES)
 def test_render_matches_golden(tmp_path: Path, distribution: str, release: str,
-                               variant: str) -> None:
-    spec = ImageSpec.create(distribution, variant, release=release, **FIXED)
+                               variant: str, profile: str) -> None:
+    # The metal renders carry a key and a user name, so the golden tree shows where they go.
+    access = {"ssh_keys": [ADMIN_KEY], "admin_user": "ops"} if profile == "metal" else {}
+    spec = ImageSpec.create(distribution, variant, release=release, profile=profile,
+                            **access, **FIXED)
     render(spec, tmp_path / "out")
-    golden = GOLDEN / f"{distribution}-{release}-{variant}"
+    golden = GOLDEN / f"{distribution}-{release}-{variant}-{profile}"
     if os.environ.get("MLOS_UPDATE_GOLDEN"):
         shutil.rmtree(golden, ignore_errors=True)
         shutil.copytree(tmp_path / "out", golden)
@@ -51,7 +55,7 @@ def test_scripts_are_executable(tmp_path: Path) -> None:
 
 
 def test_userspace_has_no_module_files(tmp_path: Path) -> None:
-    spec = ImageSpec.create("debian", "userspace", with_llm=False, **FIXED)
+    spec = ImageSpec.create("debian", "userspace", with_llm=False, profile="vm", **FIXED)
     files = {p.as_posix() for p in render(spec, tmp_path)}
     assert "mkosi.build.chroot" not in files
     assert "dkms" not in spec.packages()
@@ -82,10 +86,12 @@ def test_every_release_renders_and_names_its_suites(tmp_path: Path) -> None:
     for distribution in distribution_names():
         for release in load_distribution(distribution).releases:
             for variant in variant_names():
-                out = tmp_path / f"{distribution}-{release}-{variant}"
-                render(ImageSpec.create(distribution, variant, release=release, **FIXED), out)
-                sources = (out / "mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources")
-                assert f"Suites: {release} {release}-updates" in sources.read_text()
+                for profile in profile_names():
+                    out = tmp_path / f"{distribution}-{release}-{variant}-{profile}"
+                    render(ImageSpec.create(distribution, variant, release=release,
+                                            profile=profile, **FIXED), out)
+                    sources = (out / "mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources")
+                    assert f"Suites: {release} {release}-updates" in sources.read_text()
 
 
 def test_unknown_names_list_the_valid_ones() -> None:
@@ -141,7 +147,7 @@ def test_kernel_variants_keep_dkms_for_kernel_upgrades(tmp_path: Path,
     spec = ImageSpec.create(distribution, "basic", **FIXED)
     render(spec, tmp_path)
     # dkms and the headers are in the image itself, not only in the build overlay.
-    assert {"dkms", *spec.distribution.headers_packages} <= set(spec.packages())
+    assert {"dkms", *spec.distribution_profile.headers_packages} <= set(spec.packages())
     postinst = (tmp_path / "mkosi.postinst.chroot").read_text()
     assert "dkms add" in postinst and "dkms build -m mlos-ml" in postinst
 

@@ -85,3 +85,20 @@ def test_systemd_unit_is_hardened_and_valid(tmp_path: Path) -> None:
     copy.write_text(unit.replace("/opt/mlos/venv/bin/mlos-core", "/bin/true"))
     result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_api_key_file_gives_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # A metal image hands the service its root-only key as a systemd credential file.
+    key_file = tmp_path / "api-key"
+    key_file.write_text("0123456789abcdef0123\n")
+    monkeypatch.setenv("MLOS_API_KEY_FILE", str(key_file))
+    assert load_settings(None).api_key == "0123456789abcdef0123"
+    with pytest.raises(ValidationError, match="both set"):
+        load_settings(None, api_key="other")
+    key_file.write_text("\n")
+    with pytest.raises(ValidationError, match="is empty"):
+        load_settings(None)
+    key_file.unlink()
+    assert main(["config"]) == 2
+    assert f"api_key_file {key_file}" in capsys.readouterr().err
