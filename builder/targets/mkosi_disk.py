@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 import urllib.error
 import urllib.request
