@@ -53,6 +53,13 @@ def test_installed_wheel_builds_an_image_whose_qcow2_boots(tmp_path: Path) -> No
     assert manifest["mlos_core_version"] == wheel.name.split("-")[1]
     for suffix in (".raw", ".bmap", ".qcow2", ".spdx.json"):
         assert (out / f"{name}{suffix}").is_file(), suffix
+    # The real image's SBOM (every Debian and Python package) is valid SPDX 2.3.
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    document = parse_file(str(out / f"{name}.spdx.json"))
+    assert validate_full_spdx_document(document, "SPDX-2.3") == []
+    assert len(document.packages) > len(manifest["packages"]) > 100
     verified = run(exe, "verify", out, cwd=tmp_path)
     assert verified.returncode == 0, verified.stderr
     booted = run(exe, "test", out / f"{name}.qcow2", cwd=tmp_path, timeout=1200)
