@@ -145,8 +145,10 @@ def plan(image: Path, target: Path, *, to_file: bool = False, bmap_path: Path | 
     decision = blockdev.check_target(target, size, to_file=to_file, sysfs_root=sysfs_root,
                                      mountinfo=mountinfo, swaps=swaps)
     if not decision.ok:
-        rules = "; ".join(str(r) for r in decision.refusals)
-        first = decision.refusals[0]
+        # The running system's own disk is the refusal that matters most: it comes first.
+        ordered = sorted(decision.refusals, key=lambda r: r.rule != "system-disk")
+        rules = "; ".join(str(r) for r in ordered)
+        first = ordered[0]
         raise BuildError(f"refusing to flash {target}: {rules}", hint=first.hint)
     return Plan(image, target, bmap, source, decision.device)
 
