@@ -34,6 +34,7 @@ from mlos_build.targets.mkosi_disk import MkosiDiskTarget
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "build-benchmarks.md"
+FLASH_START = "<!-- flash-benchmark:start -->"
 
 
 def plain_project(spec: ImageSpec, dest: Path) -> None:
@@ -186,7 +187,10 @@ def main() -> None:
         + "` (10-20 minutes per profile on 2 cores, TCG).",
         "",
     ]
-    DOC.write_text("\n".join(lines))
+    # Other benchmarks' sections of the same page (flash_throughput.py's) are kept.
+    old = DOC.read_text() if DOC.exists() else ""
+    kept = old[old.index(FLASH_START):] if FLASH_START in old else ""
+    DOC.write_text("\n".join(lines) + ("\n\n" + kept if kept else ""))
     print("\n".join(lines))
     print(json.dumps(rows, indent=2))
 

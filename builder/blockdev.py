@@ -89,7 +89,8 @@ def _unescape(field_: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as octal (\040).
     out, i = [], 0
     while i < len(field_):
-        if field_[i] == "\\" and i + 3 < len(field_) + 1 and field_[i + 1:i + 4].isdigit():
+        octal = field_[i + 1:i + 4]
+        if field_[i] == "\\" and len(octal) == 3 and octal.isdigit():
             out.append(chr(int(field_[i + 1:i + 4], 8)))
             i += 4
         else:

@@ -29,8 +29,6 @@ from mlos_build.runner import Progress
 from mlos_build.targets import Target, commands
 from mlos_build.targets.common import DEFAULT_OUTPUT_DIR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def progress_printer(start: float) -> Progress:
     def progress(line: str) -> None:
@@ -41,8 +39,10 @@ def progress_printer(start: float) -> Progress:
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mlos-source", type=Path, default=REPO_ROOT,
-                   help="MLOS source tree to install (default: this checkout)")
+    p.add_argument("--mlos-source", type=Path, default=None,
+                   help="MLOS source tree to install into the image (default: the checkout "
+                   "mlos-build runs from, or the installed mlos package itself when "
+                   "mlos-build was installed from a wheel)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +135,7 @@ def suite_args(text: str) -> list[str]:
 def _target(args: argparse.Namespace, progress: Progress, *, build: bool) -> Target:
     cls: type[Target] = args.target
     spec = cls.spec_from_args(args.target_command, args, build=build)
-    return cls(spec, args.mlos_source.resolve(), progress)
+    return cls(spec, args.mlos_source.resolve() if args.mlos_source else None, progress)
 
 
 def cmd_build(args: argparse.Namespace, progress: Progress) -> int:

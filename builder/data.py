@@ -15,12 +15,31 @@ import yaml
 from mlos_build.errors import BuildError
 from mlos_core.mlos_ml.params import mode_for
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def checkout() -> Path | None:
+    """The source tree this mlos-build runs from (an editable install or a clone), or None
+    when it was installed from a wheel."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "images").is_dir() else None
+
+
+def data_tree(name: str) -> Path:
+    """A top-level data tree the builder needs (images/, kernel/): the checkout's, or the
+    copy the wheel ships as package data (mlos_build/<name>/)."""
+    root = checkout()
+    return root / name if root is not None else PACKAGE_DIR / name
 
 
 def images_dir() -> Path:
     """The images/ tree (templates and data); MLOS_IMAGES_DIR overrides it."""
-    return Path(os.environ.get("MLOS_IMAGES_DIR", REPO_ROOT / "images"))
+    return Path(os.environ.get("MLOS_IMAGES_DIR", data_tree("images")))
+
+
+def kernel_dir() -> Path:
+    """The mlos-ml sources (Kbuild, C files, dkms.conf, the udev rule)."""
+    return data_tree("kernel")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ def write_model(path: Path) -> None:
         from onnx import TensorProto, helper
     except ImportError as exc:
         raise BuildError("the Python package 'onnx' is needed to write the demo model",
-                         hint="pip install onnx (./scripts/setup.sh installs it)") from exc
+                         hint="pip install onnx, or install mlos with its build extra: "
+                         "pip install 'mlos[build]' (./scripts/setup.sh installs it)") from exc
     two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
     one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
     graph = helper.make_graph(

@@ -34,13 +34,13 @@ from typing import TextIO
 from mlos_build import blockdev
 from mlos_build import bmap as bmaplib
 from mlos_build.errors import BuildError
+from mlos_build.qemu import disk_format
 
 CHUNK = 4 << 20
 HEAD = 1 << 20  # MBR + primary GPT + what sits before the first partition
 TAIL = 1 << 20  # where an older, larger image's backup GPT may still sit
 BLKRRPART = 0x125F
 BLKFLSBUF = 0x1261
-QCOW2_MAGIC = b"QFI\xfb"
 
 
 class FlashError(BuildError):
@@ -119,10 +119,9 @@ def _image_size(image: Path) -> int:
     if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
         raise BuildError(f"{image} is not a raw disk image (not a regular, non-empty file)",
                          hint="give the path of a raw disk image (.raw)")
-    with open(image, "rb") as f:
-        if f.read(4) == QCOW2_MAGIC:
-            raise BuildError(f"{image} is a qcow2 image", hint="flash the .raw image beside it "
-                             "(or convert: qemu-img convert -O raw IN OUT)")
+    if disk_format(image) == "qcow2":
+        raise BuildError(f"{image} is a qcow2 image", hint="flash the .raw image beside it "
+                         "(or convert: qemu-img convert -O raw IN OUT)")
     return st.st_size
 
 
@@ -146,8 +145,10 @@ def plan(image: Path, target: Path, *, to_file: bool = False, bmap_path: Path | 
     decision = blockdev.check_target(target, size, to_file=to_file, sysfs_root=sysfs_root,
                                      mountinfo=mountinfo, swaps=swaps)
     if not decision.ok:
-        rules = "; ".join(str(r) for r in decision.refusals)
-        first = decision.refusals[0]
+        # The running system's own disk is the refusal that matters most: it comes first.
+        ordered = sorted(decision.refusals, key=lambda r: r.rule != "system-disk")
+        rules = "; ".join(str(r) for r in ordered)
+        first = ordered[0]
         raise BuildError(f"refusing to flash {target}: {rules}", hint=first.hint)
     return Plan(image, target, bmap, source, decision.device)
 

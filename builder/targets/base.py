@@ -39,7 +39,10 @@ class Target(abc.ABC):
     # What `mlos-build COMMAND` builds, for --help ({command} is the subcommand).
     summary: ClassVar[str]
 
-    def __init__(self, spec: BuildSpec, mlos_source: Path, progress: Progress) -> None:
+    # mlos_source None: the checkout mlos-build runs from, else the installed package
+    # (mlos_build.source.MlosSource.default()).
+    def __init__(self, spec: BuildSpec, mlos_source: Path | None,
+                 progress: Progress) -> None:
         self.spec = spec
         self.mlos_source = mlos_source
         self.progress = progress

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from mlos_build.errors import BuildError
 from mlos_build.llm_wheel import seed_release_wheels
 from mlos_build.render import DEFAULT_CACHE_DIR, DEFAULT_PROFILE, ImageSpec, render
 from mlos_build.runner import require_tools, run
+from mlos_build.source import MlosSource
 from mlos_build.targets.base import BuildResult, Target, register
 from mlos_build.targets.common import (
     DEFAULT_OUTPUT_DIR,
@@ -64,6 +67,16 @@ def pinned_llm_requirement(wheel: Path) -> str:
     raise BuildError(f"{wheel.name} does not pin llama-cpp-python in its llm extra",
                      hint='pyproject.toml needs llm = ["llama-cpp-python==X.Y.Z"], or build '
                      "with --without-llm")
+
+
+def reproducible_seed(name: str) -> list[str]:
+    """With SOURCE_DATE_EPOCH set (a reproducible build), a fixed systemd-repart seed, so
+    partition and file-system UUIDs are the same in every build of this image; without
+    it mkosi picks a random one (docs/reproducibility.md)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return []
+    return ["--seed", str(uuid.uuid5(uuid.NAMESPACE_URL, f"mlos-build:{name}:{epoch}"))]
 
 
 @register
@@ -139,27 +152,25 @@ class MkosiDiskTarget(Target):
 
     def stage_assets(self, assets: Path) -> None:
         """Puts what the build scripts install into assets/ (mounted at $SRCDIR/assets)."""
-        src = self.mlos_source
-        needed = [src / "mlos_core" / "data" / "mlos-core.service",
-                  src / "mlos_core" / "data" / "core.yaml"]
+        src = MlosSource(self.mlos_source) if self.mlos_source else MlosSource.default()
+        core, kernel = src.core_data_dir(), src.kernel_dir()
+        needed = [core / "mlos-core.service", core / "core.yaml"]
         if self.spec.variant.module:
-            needed += [src / "kernel" / "Kbuild", src / "kernel" / "udev" / "99-mlos-ml.rules"]
+            needed += [kernel / "Kbuild", kernel / "udev" / "99-mlos-ml.rules"]
         for path in needed:
             if not path.exists():
-                raise BuildError(f"{path} is missing from the MLOS source tree",
+                raise BuildError(f"{path} is missing from the MLOS source ({src.describe()})",
                                  hint="use a checkout that has MLOS Core and the kernel "
                                  "module, or pass --mlos-source DIR")
         assets.mkdir(parents=True)
-        self.progress(f"building the MLOS wheel from {src}")
-        run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", assets, src],
-            what="building the MLOS wheel")
+        self.progress(f"building the MLOS wheel from {src.describe()}")
+        wheel = src.wheel(assets)
         if self.spec.with_llm:
-            wheel = next(assets.glob("mlos-*.whl"))
             (assets / "llm-requirement.txt").write_text(pinned_llm_requirement(wheel) + "\n")
         shutil.copy2(needed[0], assets / "mlos-core.service")
         shutil.copy2(needed[1], assets / "core.yaml")
         if self.spec.variant.module:
-            shutil.copytree(src / "kernel", assets / "kernel",
+            shutil.copytree(kernel, assets / "kernel",
                             ignore=shutil.ignore_patterns(*KERNEL_SOURCE_SKIP))
             shutil.copy2(needed[3], assets / "99-mlos-ml.rules")
         demo_model.write_model(assets / "demo" / "1" / "model.onnx")
@@ -227,6 +238,7 @@ class MkosiDiskTarget(Target):
              "--package-cache-dir", spec.cache_dir / "packages",
              "--cache-dir", spec.cache_dir / self.mkosi_cache,
              "--incremental", "yes",
+             *reproducible_seed(spec.name),
              "--force", "build"],
             what=f"mkosi build of {spec.name}",
             # mkosi runs helpers such as ukify with `python3` from PATH: it must be the

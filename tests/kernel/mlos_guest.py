@@ -198,6 +198,9 @@ def module_closure(abi: str, names: Iterable[str]) -> list[tuple[str, Path]]:
 
 
 NINEP_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
+# This host's root, read-only over 9p with the tag the guest scripts mount.
+HOST_ROOT_VIRTFS = ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
+                    "readonly=on,multidevs=remap"]
 
 
 def kvm_usable() -> bool:
@@ -251,8 +254,7 @@ def run_host_root_guest(work: Path, selftest_binaries: Mapping[str, Path], extra
     return run_guest(
         kernel_image(abi), make_initramfs(work, files), memory_mb=1536, timeout=timeout,
         devices=devices, append=f"{append} mlos.repo={REPO}",
-        extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
-                    "readonly=on,multidevs=remap"])
+        extra_args=HOST_ROOT_VIRTFS)
 
 
 def modes_report(run: GuestRun, mode: str) -> dict[str, Any]:

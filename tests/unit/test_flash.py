@@ -104,10 +104,11 @@ def test_refuses_a_device_with_a_mounted_partition(image: Path, tmp_path: Path) 
         part = Path(f"{dev}p2")
         assert part.exists(), "partx did not add the partition"
         assert rules(dev, image.stat().st_size) == []
-        lp.mount(part, tmp_path / "mnt")
+        # A space in the mount point: mountinfo writes it as \040.
+        lp.mount(part, tmp_path / "mnt point")
         decision = blockdev.check_target(dev, image.stat().st_size)
         assert [r.rule for r in decision.refusals] == ["mounted"]
-        assert str(tmp_path / "mnt") in decision.refusals[0].message
+        assert f"mounted on {tmp_path / 'mnt point'}" in decision.refusals[0].message
         # Flashing the partition itself is refused twice over.
         assert set(rules(part, 1)) == {"partition", "mounted"}
         result = mlos_flash(image, dev, "--yes")
@@ -257,3 +258,44 @@ def test_ctrl_c_in_the_middle_of_a_write_says_half_written(tmp_path: Path) -> No
         err = seen + rest
         assert proc.returncode == 1, err
         assert "interrupted" in err and "HALF-WRITTEN" in err and "Traceback" not in err
+
+
+def device_mapper_works() -> bool:
+    return (os.geteuid() == 0 and shutil.which("dmsetup") is not None
+            and sh("dmsetup", "version", check=False).returncode == 0)
+
+
+def test_refuses_a_device_held_by_device_mapper(image: Path, tmp_path: Path) -> None:
+    """A loop device under two stacked device-mapper targets, the top one mounted. This
+    host's kernel may have no device-mapper: tests/kernel/test_flash_guest.py runs this
+    test in a QEMU guest whose kernel has it (and there it must pass, not skip)."""
+    if not device_mapper_works():
+        pytest.skip("no device-mapper in this kernel (the kernel layer runs this in a guest)")
+    with loops(tmp_path) as lp:
+        dev = lp.attach(64)
+        sectors = 64 * MiB // 512
+        names = [f"mlos-held-{os.getpid()}-a", f"mlos-held-{os.getpid()}-b"]
+        try:
+            # No udev here: dmsetup must neither wait for it nor expect its rules.
+            sh("dmsetup", "create", "--noudevsync", "--noudevrules", names[0],
+               "--table", f"0 {sectors} linear {dev} 0")
+            lower = next(p.name for p in Path(f"/sys/class/block/{dev.name}/holders").iterdir())
+            sh("dmsetup", "create", "--noudevsync", "--noudevrules", names[1],
+               "--table", f"0 {sectors} linear /dev/{lower} 0")
+            upper = next(p.name for p in Path(f"/sys/class/block/{lower}/holders").iterdir())
+            decision = blockdev.check_target(dev, MiB)
+            assert [r.rule for r in decision.refusals] == ["held"]
+            message = decision.refusals[0].message
+            assert f"{lower} (device-mapper {names[0]})" in message
+            assert f"-> {upper} (device-mapper {names[1]})" in message
+            # The top device is not held: flashing it would be allowed.
+            assert rules(Path(f"/dev/{upper}"), MiB) == []
+            sh("mkfs.ext4", "-q", f"/dev/{upper}")
+            lp.mount(Path(f"/dev/{upper}"), tmp_path / "mnt")
+            assert set(rules(dev, MiB)) == {"held", "mounted"}
+            result = mlos_flash(image, dev, "--yes")
+            assert result.returncode == 1 and "[held]" in result.stderr
+        finally:
+            lp.close()  # unmount before the targets go
+            for name in reversed(names):
+                sh("dmsetup", "remove", "--noudevsync", name, check=False)
