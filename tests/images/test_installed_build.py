@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """mlos-build installed from its wheel into a fresh venv outside the checkout builds a
 Debian userspace `vm` image (the MLOS inside is the installed package, packed back into
-a wheel), with its release artifacts, and the image's .qcow2 boots and passes the
-in-guest smoke test like the raw image does.
+a wheel), with its release artifacts that `mlos-build verify` accepts. (A release's
+.qcow2 booting is tested on the CI's vm image, tests/images/test_images.py.)
 
 The build shares MLOS_BUILD_CACHE_DIR with the other images tests (the same Debian
 bookworm userspace vm image, so mkosi's caches are warm) and leaves the LLM out."""
@@ -62,6 +62,4 @@ def test_installed_wheel_builds_an_image_whose_qcow2_boots(tmp_path: Path) -> No
     assert len(document.packages) > len(manifest["packages"]) > 100
     verified = run(exe, "verify", out, cwd=tmp_path)
     assert verified.returncode == 0, verified.stderr
-    booted = run(exe, "test", out / f"{name}.qcow2", cwd=tmp_path, timeout=1200)
-    assert booted.returncode == 0, booted.stdout[-3000:] + booted.stderr[-2000:]
-    assert "smoke test passed" in booted.stdout
+    # The image boots as its .qcow2 in test_images.py's vm test (one boot less in CI).
