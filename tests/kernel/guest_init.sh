@@ -19,7 +19,7 @@ SEED=$(arg seed)
 MODES=$(arg modes | tr , ' ')
 EXTRA=$(arg extra)
 RESERVED=$(arg reserved)
-RACE=$(arg race)
+RACE=$(arg race)  # modes to run the race selftests in
 
 r kernel "$(uname -r)"
 r cpus "$(nproc)"
@@ -43,11 +43,12 @@ for mode in $MODES; do
     /mlos_ml_test "$GPUS" > /tmp/tap 2>&1
     r "$mode" selftest_rc $?
     sed "s/^/MLOS-TAP $mode /" /tmp/tap
-    if [ -x /mlos_ml_race ] && [ "$RACE" = 1 ]; then
-        /mlos_ml_race > /tmp/race 2>&1
-        r "$mode" race_rc $?
-        sed "s/^/MLOS-RACE $mode /" /tmp/race
-    fi
+    case ",$RACE," in
+        *",$mode,"*)
+            /mlos_ml_race > /tmp/race 2>&1
+            r "$mode" race_rc $?
+            sed "s/^/MLOS-RACE $mode /" /tmp/race ;;
+    esac
     MTFUZZ=$(arg "mtfuzz_$mode")
     if [ -x /mlos_ml_fuzz_mt ] && [ -n "$MTFUZZ" ] && [ "$MTFUZZ" != 0 ]; then
         start=$(date +%s)
