@@ -159,9 +159,12 @@ def test_queue_is_fifo_bounded_and_cancellable() -> None:
 
 def test_llama_settings_take_model_config_over_service_defaults() -> None:
     s = LlamaSettings.from_config(
-        {"context_size": 1024, "embeddings": "true"}, {"context_size": 4096, "threads": 3}
+        {"context_size": 1024, "embeddings": "true"}, {"context_size": 4096, "threads": 1}
     )
-    assert (s.context_size, s.threads, s.embeddings) == (1024, 3, True)
+    assert (s.context_size, s.threads, s.embeddings) == (1024, 1, True)
+    # Thread counts are bounded by the machine's CPUs (backends.base.thread_count).
+    with pytest.raises(ModelLoadError, match="threads: 300 is not an integer from 0 to"):
+        LlamaSettings.from_config({"threads": 300})
     with pytest.raises(ModelLoadError, match="context_size must be >= 0"):
         LlamaSettings.from_config({"context_size": -1})
     with pytest.raises(ModelLoadError, match="bad llama.cpp setting"):
