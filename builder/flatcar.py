@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mlos_build.data import REPO_ROOT, distribution_data
+from mlos_build.data import data_tree, distribution_data
 from mlos_build.errors import BuildError
 from mlos_build.spec import BuildSpec
 
@@ -31,7 +31,7 @@ SHA512_RE = re.compile(r"[0-9a-f]{128}")
 
 def ignition_dir() -> Path:
     """The ignition/ tree (provisioning data, sysext layout); MLOS_IGNITION_DIR overrides."""
-    return Path(os.environ.get("MLOS_IGNITION_DIR", REPO_ROOT / "ignition"))
+    return Path(os.environ.get("MLOS_IGNITION_DIR", data_tree("ignition")))
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def kernel_release(build: Path) -> str | None:
     return release.read_text().strip() or None if release.is_file() else None
 
 
-def build_module(tree: KernelTree, mlos_source: Path, work: Path, progress: Progress,
+def build_module(tree: KernelTree, kernel_src: Path, work: Path, progress: Progress,
                  sign_key: Path | None = None,
                  sign_cert: Path | None = None) -> tuple[Path, str]:
     """Compiles mlos_ml.ko against the tree, strips its debug info (as modules_install
@@ -147,7 +147,6 @@ def build_module(tree: KernelTree, mlos_source: Path, work: Path, progress: Prog
     own modules; returns the file and its vermagic. Paths are mapped out of the object
     code, so the same sources and tree give the same bytes wherever they lie."""
     require_tools(["make", "gcc", "strip"])
-    kernel_src = mlos_source / "kernel"
     if not (kernel_src / "Kbuild").is_file():
         raise BuildError(f"{kernel_src}/Kbuild is missing from the MLOS source tree",
                          hint="use a checkout that has the kernel module, or pass "

@@ -32,8 +32,10 @@ VALIDATE_PORT = "org.mlos.validate"
 VALIDATE_CMDLINE_KEY = "mlos.validate"
 # Under TCG on a busy host the kernel's IO-APIC timer check can fail and panic ("IO-APIC +
 # timer doesn't work", seen with Ubuntu's 6.8 kernel while other guests ran): the check is
-# for broken hardware, which QEMU's emulated chipset is not.
-TCG_CMDLINE = "no_timer_check"
+# for broken hardware, which QEMU's emulated chipset is not. Devices: emulated, a metal
+# image's initrd (85 MiB) takes over a minute to unpack and udev is slow to link the root
+# partition, so the initrd's default 90 s wait for /dev/gpt-auto-root ran out on a busy host.
+TCG_CMDLINE = "no_timer_check systemd.default_device_timeout_sec=600"
 # With this on the kernel command line the smoke test reports but leaves the guest running.
 KEEP_RUNNING_CMDLINE = "mlos.keep-running"
 QCOW2_MAGIC = b"QFI\xfb"

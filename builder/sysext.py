@@ -18,12 +18,11 @@ from typing import Any
 import jinja2
 
 from mlos_build import demo_model
-from mlos_build.data import REPO_ROOT
 from mlos_build.errors import BuildError
 from mlos_build.flatcar import FlatcarSpec, ignition_dir
 from mlos_build.runner import require_tools, run
 
-UDEV_RULE = Path("kernel/udev/99-mlos-ml.rules")
+UDEV_RULE = Path("udev/99-mlos-ml.rules")  # in the mlos-ml sources
 ARCHIVE_DIR = "usr/share/mlos"
 DEMO_DIR = "usr/share/mlos/models"
 EXECUTABLE_DIRS = ("usr/libexec/",)
@@ -63,7 +62,7 @@ def context(spec: FlatcarSpec) -> dict[str, Any]:
     }
 
 
-def render_tree(spec: FlatcarSpec, dest: Path, mlos_source: Path = REPO_ROOT) -> list[Path]:
+def render_tree(spec: FlatcarSpec, dest: Path, kernel_src: Path) -> list[Path]:
     """Writes the extension's tree, without the module and the container archive, into
     dest (which must not exist or be empty); returns the files written, relative to dest."""
     root = ignition_dir() / "sysext"
@@ -93,7 +92,7 @@ def render_tree(spec: FlatcarSpec, dest: Path, mlos_source: Path = REPO_ROOT) ->
         written.append(out)
     if spec.variant.module is not None:
         rule = Path("usr/lib/udev/rules.d") / UDEV_RULE.name
-        _write(dest / rule, _source_file(mlos_source, UDEV_RULE).read_bytes())
+        _write(dest / rule, _source_file(kernel_src, UDEV_RULE).read_bytes())
         written.append(rule)
     model = Path(DEMO_DIR) / demo_model.NAME / "1" / "model.onnx"
     demo_model.write_model(dest / model)
@@ -143,8 +142,8 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _source_file(mlos_source: Path, rel: Path) -> Path:
-    path = mlos_source / rel
+def _source_file(kernel_src: Path, rel: Path) -> Path:
+    path = kernel_src / rel
     if not path.is_file():
         raise BuildError(f"{path} is missing from the MLOS source tree",
                          hint="use a checkout that has the kernel module, or pass "

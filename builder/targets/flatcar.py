@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlos_build import kernel_tree, sysext
-from mlos_build.data import load_variant, variant_names
+from mlos_build.data import checkout, load_variant, variant_names
 from mlos_build.errors import BuildError
 from mlos_build.flatcar import (
     FlatcarData,
@@ -33,6 +33,7 @@ from mlos_build.flatcar import (
 )
 from mlos_build.ignition import SysextSource, butane, butane_text, ignition_text, to_ignition
 from mlos_build.runner import require_tools, run
+from mlos_build.source import MlosSource
 from mlos_build.targets.base import BuildResult, Target, register
 from mlos_build.targets.common import (
     DEFAULT_OUTPUT_DIR,
@@ -41,7 +42,7 @@ from mlos_build.targets.common import (
     update_checksums,
 )
 
-CORE_YAML = Path("mlos_core/data/core.yaml")
+CORE_YAML = "core.yaml"  # in MLOS Core's package data
 # A sysext build needs far less than a disk image: the tree, the module, the archive.
 MIN_FREE_BYTES = 2 * 1024**3
 
@@ -51,7 +52,7 @@ def default_archive(output_dir: Path, provision: Provision, mlos_version: str) -
     return output_dir / f"{provision.container['repository']}-{mlos_version}.oci.tar"
 
 
-def source_date_epoch(mlos_source: Path) -> int:
+def source_date_epoch(mlos_source: Path | None) -> int:
     """SOURCE_DATE_EPOCH, else the MLOS checkout's last commit time, else 0: the same
     sources give the same sysext."""
     value = os.environ.get("SOURCE_DATE_EPOCH")
@@ -60,6 +61,8 @@ def source_date_epoch(mlos_source: Path) -> int:
             raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
                              hint="unset it, or set it to e.g. $(git log -1 --format=%ct)")
         return int(value)
+    if mlos_source is None:  # an installed mlos-build: no history to take a time from
+        return 0
     try:
         out = subprocess.run(["git", "-C", str(mlos_source), "log", "-1", "--format=%ct"],
                              capture_output=True, text=True, check=False)
@@ -154,7 +157,7 @@ class FlatcarTarget(Target):
             api_key=read_api_key(args.api_key_file) if args.api_key_file else None,
             extra_files=extra, kernel_build_tree=tree,
             sign_key=sign_key, sign_cert=sign_cert,
-            source_date_epoch=source_date_epoch(args.mlos_source))
+            source_date_epoch=source_date_epoch(args.mlos_source or checkout()))
         for extra_file in extra:
             if extra_file.dest in (spec.sysext_path, spec.sysext_link):
                 raise BuildError(f"--extra-file {extra_file.source}:{extra_file.dest}: "
@@ -165,8 +168,13 @@ class FlatcarTarget(Target):
     def default_render_dir(self) -> Path:
         return DEFAULT_OUTPUT_DIR / f"{self.spec.name}.flatcar"
 
+    @property
+    def source(self) -> MlosSource:
+        """The MLOS whose module and service files go into the extension."""
+        return MlosSource(self.mlos_source) if self.mlos_source else MlosSource.default()
+
     def core_yaml(self) -> str:
-        path = self.mlos_source / CORE_YAML
+        path = self.source.core_data_dir() / CORE_YAML
         if not path.is_file():
             raise BuildError(f"{path} is missing from the MLOS source tree",
                              hint="use a checkout that has MLOS Core, or pass --mlos-source")
@@ -186,7 +194,7 @@ class FlatcarTarget(Target):
             shutil.rmtree(dest)
         dest.mkdir(parents=True, exist_ok=True)
         written = [Path("sysext") / p for p in
-                   sysext.render_tree(spec, dest / "sysext", self.mlos_source)]
+                   sysext.render_tree(spec, dest / "sysext", self.source.kernel_dir())]
         source = None
         if spec.sysext_url is not None:
             if spec.sysext_sha512 is None:
@@ -223,10 +231,10 @@ class FlatcarTarget(Target):
             self.progress(f"kernel tree: Flatcar {spec.flatcar_version}, kernel {tree.release}")
         tree_dir = work / "sysext"
         self.progress(f"rendering the extension's tree into {tree_dir}")
-        files = sysext.render_tree(spec, tree_dir, self.mlos_source)
+        files = sysext.render_tree(spec, tree_dir, self.source.kernel_dir())
         module: dict[str, Any] | None = None
         if tree is not None:
-            ko, vermagic = kernel_tree.build_module(tree, self.mlos_source, work,
+            ko, vermagic = kernel_tree.build_module(tree, self.source.kernel_dir(), work,
                                                     self.progress, spec.sign_key,
                                                     spec.sign_cert)
             files.append(sysext.add_file(tree_dir, sysext.module_dir(tree.release), ko))
