@@ -27,7 +27,9 @@ llama_cpp = pytest.importorskip(
 )
 MODEL = "gemma3-270m"
 # max_tokens 900 for the tensor view: far more than the timeout lets it generate.
-CONFIG = {"context_size": 1024, "threads": 2, "max_tokens": 900}
+# One thread: on a shared, loaded CI machine two spinning llama.cpp threads can take
+# seconds per token; one keeps the timings meaningful.
+CONFIG = {"context_size": 1024, "threads": 1, "max_tokens": 900, "chat_format": "gemma"}
 LONG = "Write a long story about a dragon."
 TIMEOUT_S = 3.0
 
@@ -111,9 +113,9 @@ def test_generation_and_tensors_share_the_concurrency_limit(
         tensor = httpx.post(f"{base}/v2/models/double/infer", timeout=10, json={
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]})
         assert tensor.status_code == 503 and tensor.headers["retry-after"]
-        embed = httpx.post(f"{base}/models/{MODEL}/inference", timeout=10,
-                           json={"prompt": "Hi", "max_tokens": 1})
-        assert embed.status_code == 503
+        mlos = httpx.post(f"{base}/models/{MODEL}/inference", timeout=10,
+                          json={"prompt": "Hi", "max_tokens": 1})
+        assert mlos.status_code == 503
     finally:
         for s in streams:
             s.close()
@@ -125,9 +127,10 @@ def test_max_tokens_zero_is_refused(server: Any, client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=MODEL, prompt="Hi", max_tokens=0)
     assert "max_tokens" in str(err.value)
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, max_tokens=0,
                                        messages=[{"role": "user", "content": "Hi"}])
+    assert "max_tokens" in str(err.value)
     answer = httpx.post(f"http://{server.url}/models/{MODEL}/inference",
                         json={"prompt": "Hi", "max_tokens": 0})
     assert answer.status_code == 400 and "max_tokens" in answer.json()["error"]
@@ -154,14 +157,16 @@ def test_disconnect_cancels_a_non_streaming_generation(
 
 
 def test_drain_waits_for_generation_and_refuses_new_work(tmp_path: Path) -> None:
-    srv = start_server(_repo(tmp_path), request_timeout_s=60)
+    # Long enough to outlast the checks below on a fast machine (counting never meets
+    # end-of-sequence), short enough for the drain bound on a slow one.
+    srv = start_server(_repo(tmp_path), request_timeout_s=90, drain_timeout_s=90)
     base = f"http://{srv.url}"
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
     texts: list[str] = []
-    stream = client.completions.create(model=MODEL, prompt=LONG, max_tokens=300,
+    stream = client.completions.create(model=MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=200,
                                        stream=True, temperature=0)
     first = next(iter(stream))
-    stopper = threading.Thread(target=srv.stop_background, args=(60,))
+    stopper = threading.Thread(target=srv.stop_background, args=(120,))
     stopper.start()
     try:
         _wait(lambda: srv.plane.draining)
@@ -175,7 +180,6 @@ def test_drain_waits_for_generation_and_refuses_new_work(tmp_path: Path) -> None
         # The generation admitted before the drain runs to its end.
         texts = [first.choices[0].text] + [c.choices[0].text for c in stream]
     finally:
-        stopper.join(60)
-    assert stream.response.is_closed
-    assert "".join(texts).strip()
+        stopper.join(120)
+    assert len("".join(texts).split(",")) > 20  # it ran to its end, not cut by the drain
     assert not stopper.is_alive()

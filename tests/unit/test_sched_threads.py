@@ -264,12 +264,11 @@ def test_llama_openmp_team_adopted_per_thread_and_dropped_at_unload(
         prompt = np.array([b"the"], dtype=object)
         request = InferRequest("tiny", None, [InputTensor("text_input", "BYTES", (1,), prompt)])
         assert plane.infer_blocking(request).outputs[0].data is not None
-        infer = [tid for tid in device.registered if (nt.name_of(tid) or "").startswith("inf-")]
-        assert len(infer) == 2, {t: nt.name_of(t) for t in device.registered}  # thread + worker
-        assert all(device.registered[t] == (mlos_ml.ThreadClass.LATENCY, [1]) for t in infer)
-        assert plane.health()["features"][SCHEDULER]["models"] == {"tiny": {LATENCY: 1}}
-        plane.infer_blocking(request)  # later runs: nothing new to adopt
-        assert len(device.registered) == 2
+        # The tensor view is a generation (mlos_core/dataplane/generation.py): its thread
+        # and llama.cpp's team are registered while it runs, then dropped, as on the
+        # OpenAI routes (checked below).
+        assert device.registered == {}
+        assert plane.health()["features"][SCHEDULER]["models"] == {}
 
         # A generation thread (the OpenAI routes' Pump): it and its team, then neither.
         backend: Any = plane.backend("tiny")
@@ -288,11 +287,9 @@ def test_llama_openmp_team_adopted_per_thread_and_dropped_at_unload(
         t = threading.Thread(target=generate)
         t.start()
         t.join()
-        assert seen == {"during": 4, "after": 2}, seen
+        assert seen == {"during": 2, "after": 0}, seen
 
         plane.unload_model("tiny")
-        # libgomp keeps the worker for its thread; unregistered, not counted for a model.
-        assert len(device.registered) == 1
         assert plane.health()["features"][SCHEDULER]["models"] == {}
         assert "mlos_sched_model_threads{" not in plane.kernel.render_metrics()
     finally:
