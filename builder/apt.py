@@ -24,6 +24,7 @@ def distribution_names() -> list[str]:
 class Release:
     name: str
     packages: tuple[str, ...] = ()
+    glibc: str | None = None  # its C library's version: which prebuilt wheels run there
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ def load_distribution(name: str) -> Distribution:
                          hint="valid distributions: " + ", ".join(distribution_names()))
     data = distribution_data(name)
     releases = {
-        rel: Release(rel, tuple((spec or {}).get("packages", [])))
+        rel: Release(rel, tuple((spec or {}).get("packages", [])),
+                     str((spec or {})["glibc"]) if (spec or {}).get("glibc") else None)
         for rel, spec in data["releases"].items()
     }
     return Distribution(

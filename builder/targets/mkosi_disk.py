@@ -18,6 +18,7 @@ from typing import Any
 from mlos_build import demo_model
 from mlos_build.data import variant_names
 from mlos_build.errors import BuildError
+from mlos_build.llm_wheel import seed_release_wheels
 from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec, render
 from mlos_build.runner import require_tools, run
 from mlos_build.targets.base import BuildResult, Target, register
@@ -154,6 +155,8 @@ class MkosiDiskTarget(Target):
         self.render(project)
         self.stage_assets(project / "assets")
         spec.pip_cache_dir.mkdir(parents=True, exist_ok=True)
+        if spec.with_llm:
+            self.seed_llm_wheel(project / "assets" / "llm-requirement.txt")
         mkosi_out = work / "out"
         log = output_dir / f"{spec.name}.build.log"
         log.unlink(missing_ok=True)
@@ -174,6 +177,18 @@ class MkosiDiskTarget(Target):
         update_checksums(checksums, [image, manifest])
         shutil.rmtree(work)
         return BuildResult(image, manifest, checksums, time.monotonic() - start)
+
+    def seed_llm_wheel(self, requirement_file: Path) -> None:
+        """Reuses the host's portable llama.cpp build where the release's C library allows,
+        so the image build does not compile it again."""
+        spec = self.spec
+        glibc = spec.distribution.releases[spec.release].glibc
+        release_dir = (spec.pip_cache_dir / "mlos-wheels"
+                       / f"{spec.distribution.name}-{spec.release}")
+        seeded = seed_release_wheels(requirement_file.read_text().strip(), release_dir, glibc)
+        if seeded:
+            self.progress(f"reusing the host's llama.cpp build {seeded.name} (its glibc is "
+                          f"not newer than {spec.release}'s {glibc})")
 
     def _mkosi(self, project: Path, mkosi_out: Path, log: Path) -> None:
         spec = self.spec
