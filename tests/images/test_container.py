@@ -70,6 +70,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    given = os.environ.get("MLOS_TEST_CONTAINER_ARCHIVE")
+    if given:
+        # Development: an archive `mlos-build container` built from this checkout.
+        return Path(given).resolve()
     out = tmp_path_factory.mktemp("container")
     built = subprocess.run(
         [sys.executable, "-m", "mlos_build.cli", "container", "--output-dir", str(out),
