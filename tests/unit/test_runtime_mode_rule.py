@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlos_build.data import REPO_ROOT, implied_runtime_mode, load_variant, variant_names
+from mlos_build.data import images_dir, implied_runtime_mode, load_variant, variant_names
 from mlos_core import mlos_ml
 from mlos_core.kernel_modes import KernelModes
 from mlos_core.runtime_mode import detect
@@ -60,7 +60,7 @@ def test_the_effective_mode_uses_the_same_rule(tmp_path: Path) -> None:
     assert modes.effective_mode() == mlos_ml.mode_for(False, False, False) == "userspace"
 
 
-@pytest.mark.parametrize("path", sorted((REPO_ROOT / "images" / "variants").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((images_dir() / "variants").glob("*.yaml")),
                          ids=lambda p: p.stem)
 def test_every_variant_declares_the_mode_its_parameters_make(path: Path) -> None:
     data = yaml.safe_load(path.read_text())
@@ -76,7 +76,7 @@ def test_every_variant_declares_the_mode_its_parameters_make(path: Path) -> None
 
 def test_mlos_build_refuses_a_variant_whose_mode_disagrees(tmp_path: Path) -> None:
     images = tmp_path / "images"
-    shutil.copytree(REPO_ROOT / "images", images)
+    shutil.copytree(images_dir(), images)
     bad = images / "variants" / "basic.yaml"
     bad.write_text(bad.read_text().replace("runtime_mode: kernel_basic",
                                            "runtime_mode: kernel_full"))
