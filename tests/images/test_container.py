@@ -271,6 +271,7 @@ def share(archive: Path, tmp_path: Path) -> Path:
     return directory
 
 
+@pytest.mark.extended
 def test_guest_userspace_answers_tritonclient_through_the_port_forward(
         guest_image: Path, archive: Path, share: Path) -> None:
     import threading
@@ -359,6 +360,7 @@ def ignition_files(ignition: dict[str, Any], dest: Path, prefix: str = "/etc/mlo
         path.write_bytes(body)
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize("variant", ["full"])
 def test_guest_merges_the_sysext_and_runs_the_container_with_the_module(
         guest_image: Path, archive: Path, share: Path, tmp_path: Path, variant: str) -> None:

@@ -138,6 +138,17 @@ def test_vm_image_builds_boots_and_serves(
     assert "ok   profile: vm: REST on 127.0.0.1" in tested.stdout
 
 
+def test_metal_image_builds_boots_and_serves(
+        built_image: Callable[[str, str, str, str], Path]) -> None:
+    """The metal image as CI checks it until the flashed-boot check below is in CI: the
+    in-guest smoke test (service on the network behind its API key, DHCP, sshd, no failed
+    unit, the module, DKMS, llama.cpp) on a boot of the image itself."""
+    image = built_image("ubuntu", "noble", "full", "metal")
+    result = smoke_test(image, stderr_progress, timeout_s=2000)
+    check_verdict(result.verdict, "full", "metal")
+    assert "DHCP: " in result.verdict["checks"]["profile"]["detail"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -232,6 +243,7 @@ print(json.dumps({
 API_KEY_ON_CONSOLE = re.compile(r"MLOS Core API key \(shown once[^\n]*\n\s*([0-9a-f]{64})")
 
 
+@pytest.mark.extended
 def test_metal_image_flashed_to_a_loop_device_boots_and_is_reachable(
         built_image: Callable[[str, str, str, str], Path], admin_key: Path,
         loop_device: Callable[[int], Path]) -> None:
@@ -310,6 +322,7 @@ def device_size(device: Path) -> int:
                               text=True, check=True).stdout)
 
 
+@pytest.mark.extended
 def test_metal_image_validates_behind_its_api_key(
         built_image: Callable[[str, str, str, str], Path], tmp_path: Path) -> None:
     # The in-guest E2E report suite, tiny settings (about 5 min under TCG): results come

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.images
+pytestmark = [pytest.mark.images, pytest.mark.extended]
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = os.environ.get("MLOS_BUILD_CACHE_DIR", "/var/cache/mlos-build")
