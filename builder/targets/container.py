@@ -22,7 +22,7 @@ from typing import Any
 
 from mlos_build import __version__
 from mlos_build.apt import load_distribution
-from mlos_build.data import distribution_data, images_dir, load_variant
+from mlos_build.data import distribution_data, images_dir, load_profile, load_variant
 from mlos_build.errors import BuildError
 from mlos_build.render import DEFAULT_CACHE_DIR, ImageSpec, render
 from mlos_build.runner import run
@@ -32,6 +32,7 @@ from mlos_build.targets.mkosi_disk import MkosiDiskTarget
 
 # The image carries no module: the host's module decides the mode.
 IMAGE_VARIANT = "userspace"
+CONTAINER_PROFILE = "vm"
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ class ContainerTarget(MkosiDiskTarget):
                              mirror=(args.mirror or dist.mirror).rstrip("/"),
                              cache_dir=(args.cache_dir or DEFAULT_CACHE_DIR).absolute(),
                              with_llm=args.with_llm, mlos_version=__version__,
-                             container=image)
+                             # No kernel, network or SSH of its own: the base's vm packages.
+                             profile=load_profile(CONTAINER_PROFILE), container=image)
 
     def render(self, dest: Path) -> list[Path]:
         return render(self.spec, dest, root=images_dir() / "container")

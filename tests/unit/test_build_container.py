@@ -46,8 +46,8 @@ def test_render_is_an_oci_project_of_the_base_distribution(tmp_path: Path) -> No
     # One llama.cpp wheel recipe, shared with the disk images' build script.
     build = (dest / "mkosi.build.chroot").read_text()
     disk = tmp_path / "disk"
-    assert cli.main(["render", "debian", "--variant", "userspace", "--output-dir",
-                     str(disk)]) == 0
+    assert cli.main(["render", "debian", "--variant", "userspace", "--profile", "vm",
+                     "--output-dir", str(disk)]) == 0
     assert build.split("set -eu\n", 1)[1].strip() in (disk / "mkosi.build.chroot").read_text()
     sources = (dest / "mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()
     assert sources == (disk / "mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from mlos_build.qemu import RESULT_PORT, VALIDATE_PORT, Machine, encode_suite_args, kvm_works
+from mlos_build.qemu import (
+    RESULT_PORT,
+    TCG_CMDLINE,
+    VALIDATE_PORT,
+    Machine,
+    encode_suite_args,
+    kvm_works,
+)
 from mlos_build.render import ImageSpec, render
 
 
@@ -47,16 +54,18 @@ def test_validate_attaches_its_port_and_passes_the_suite_options(tmp_path: Path)
         console_log=tmp_path / "c.log", result_port=VALIDATE_PORT, cmdline_extra=word)
     joined = " ".join(argv)
     assert f"name={VALIDATE_PORT}" in joined and f"name={RESULT_PORT}" not in joined
-    assert f"type=11,value=io.systemd.stub.kernel-cmdline-extra=no_timer_check {word}" in joined
+    assert f"type=11,value=io.systemd.stub.kernel-cmdline-extra={TCG_CMDLINE} {word}" in joined
     assert "snapshot=on" in joined
 
 
-def test_tcg_skips_the_timer_check_kvm_adds_nothing(tmp_path: Path) -> None:
-    # A busy host made the 6.8 kernel's IO-APIC timer check panic under TCG.
+def test_tcg_skips_the_timer_check_and_waits_longer_for_devices_kvm_adds_nothing(
+        tmp_path: Path) -> None:
+    # A busy host made the 6.8 kernel's IO-APIC timer check panic under TCG, and a metal
+    # image's initrd ran out of the default 90 s wait for its root partition.
     tcg = Machine(tmp_path / "x.raw", kvm=False).argv(
         tmp_path / "vars.fd", interactive=False, console_log=tmp_path / "c.log")
     assert tcg[-2:] == ["-smbios", "type=11,value=io.systemd.stub.kernel-cmdline-extra="
-                        "no_timer_check"]
+                        "no_timer_check systemd.default_device_timeout_sec=600"]
     kvm = Machine(tmp_path / "x.raw", kvm=True).argv(
         tmp_path / "vars.fd", interactive=False, console_log=tmp_path / "c.log")
     assert "-smbios" not in kvm
