@@ -13,7 +13,9 @@ from typing import Any
 import yaml
 
 from mlos_build.errors import BuildError
-from mlos_core.mlos_ml.params import mode_for
+
+# The service's own rule; mlos_core.runtime_mode imports nothing heavy (no numpy).
+from mlos_core.runtime_mode import mode_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -132,7 +134,7 @@ def load_variant(name: str) -> Variant:
         raise BuildError(
             f"{path}: runtime_mode {variant.runtime_mode!r} disagrees with its module "
             f"parameters, which make {implied!r}",
-            hint="fix runtime_mode or the parameters (the rule: mlos_core.mlos_ml.mode_for, "
+            hint="fix runtime_mode or the parameters (the rule: mlos_core.runtime_mode.mode_for, "
             "README's runtime-mode table)")
     return variant
 

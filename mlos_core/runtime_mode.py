@@ -5,7 +5,7 @@
                                              enable_gpu_manager}
 
 No module: `userspace`. Module loaded: the mode its switches imply, by the one rule in
-mlos_core.mlos_ml.params.mode_for (a module loaded with enable_tmm=0 is `userspace`: every
+mode_for below (a module loaded with enable_tmm=0 is `userspace`: every
 kernel mode stands on the memory manager).
 """
 
@@ -15,14 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .mlos_ml.params import mode_for
-
 USERSPACE = "userspace"
 KERNEL_BASIC = "kernel_basic"
 KERNEL_SCHEDULER = "kernel_scheduler"
 KERNEL_FULL = "kernel_full"
 
 _TRUE = {"y", "1", "yes", "true", "on"}
+
+
+def mode_for(enable_tmm: bool, enable_scheduler: bool, enable_gpu_manager: bool) -> str:
+    """The one rule from the module's feature switches to a runtime mode (README's table):
+    every kernel mode stands on the memory manager; the scheduler adds kernel_scheduler;
+    scheduler and GPU manager together make kernel_full. Used for /health (from sysfs and
+    from the features the service actually uses), the report and the variant data."""
+    if not enable_tmm:
+        return "userspace"
+    if enable_scheduler and enable_gpu_manager:
+        return "kernel_full"
+    if enable_scheduler:
+        return "kernel_scheduler"
+    return "kernel_basic"
 
 
 def parse_bool(text: str) -> bool:

@@ -6,22 +6,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ..runtime_mode import mode_for
+
 MODULE = "mlos_ml"
 RUNTIME_MODES = ("userspace", "kernel_basic", "kernel_scheduler", "kernel_full")
-
-
-def mode_for(enable_tmm: bool, enable_scheduler: bool, enable_gpu_manager: bool) -> str:
-    """The one rule from the module's feature switches to a runtime mode (README's table):
-    every kernel mode stands on the memory manager; the scheduler adds kernel_scheduler;
-    scheduler and GPU manager together make kernel_full. Used for /health (from sysfs and
-    from the features the service actually uses), the report and the variant data."""
-    if not enable_tmm:
-        return "userspace"
-    if enable_scheduler and enable_gpu_manager:
-        return "kernel_full"
-    if enable_scheduler:
-        return "kernel_scheduler"
-    return "kernel_basic"
 
 
 def parse_bool(text: str) -> bool:
