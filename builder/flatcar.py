@@ -20,12 +20,6 @@ from mlos_build.errors import BuildError
 from mlos_build.spec import BuildSpec
 
 VERSION_RE = re.compile(r"\d+\.\d+\.\d+")
-# An authorized_keys line: optional options, then a key type and its base64 blob.
-SSH_KEY_RE = re.compile(
-    r"(?:^|\s)(ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|"
-    r"sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)\s+[A-Za-z0-9+/]+={0,3}(?:\s|$)")
-# What an API key may hold: it travels in an HTTP header and an environment file.
-API_KEY_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 SHA512_RE = re.compile(r"[0-9a-f]{128}")
 
 
@@ -136,42 +130,6 @@ def check_flatcar_version(version: str) -> str:
                          hint="give MAJOR.MINOR.PATCH as in the node's /etc/os-release "
                          "VERSION_ID, e.g. 4152.2.3")
     return version
-
-
-def read_ssh_keys(paths: list[Path]) -> tuple[str, ...]:
-    keys: list[str] = []
-    for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BuildError(f"--ssh-key {path}: cannot read it ({getattr(exc, 'strerror', exc)})",
-                             hint="give a public key file such as ~/.ssh/id_ed25519.pub") from exc
-        lines = [line.strip() for line in text.splitlines()
-                 if line.strip() and not line.lstrip().startswith("#")]
-        if not lines:
-            raise BuildError(f"--ssh-key {path} holds no key",
-                             hint="give a public key file such as ~/.ssh/id_ed25519.pub")
-        for line in lines:
-            if not SSH_KEY_RE.search(line):
-                raise BuildError(f"--ssh-key {path}: {line[:40]!r} is not an SSH public key",
-                                 hint="give the .pub file (ssh-ed25519 AAAA... comment), "
-                                 "never the private key")
-            keys.append(line)
-    return tuple(keys)
-
-
-def read_api_key(path: Path) -> str:
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BuildError(f"--api-key-file {path}: cannot read it "
-                         f"({getattr(exc, 'strerror', exc)})",
-                         hint="give a file holding the key on one line") from exc
-    if not API_KEY_RE.fullmatch(key):
-        raise BuildError(f"--api-key-file {path} does not hold a usable key",
-                         hint="16 to 256 characters of letters, digits and ._~+/=- on one "
-                         "line, e.g. from: openssl rand -hex 32")
-    return key
 
 
 def parse_extra_file(value: str, provision: Provision, reserved: set[str]) -> ExtraFile:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlos_build import kernel_tree, sysext
+from mlos_build.access import read_api_key, read_ssh_keys
 from mlos_build.data import checkout, load_variant, variant_names
 from mlos_build.errors import BuildError
 from mlos_build.flatcar import (
@@ -28,8 +29,6 @@ from mlos_build.flatcar import (
     check_flatcar_version,
     check_sysext_url,
     parse_extra_file,
-    read_api_key,
-    read_ssh_keys,
 )
 from mlos_build.ignition import SysextSource, butane, butane_text, ignition_text, to_ignition
 from mlos_build.runner import require_tools, run

@@ -30,8 +30,8 @@ def test_a_version_that_is_no_release(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("content", "message"), [
     (None, "cannot read it"),
-    ("", "holds no key"),
-    ("-----BEGIN OPENSSH PRIVATE KEY-----\n", "is not an SSH public key"),
+    ("", "holds no public key"),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\n", "is a private key"),
 ])
 def test_bad_ssh_keys(tmp_path: Path, content: str | None, message: str) -> None:
     key = tmp_path / "key.pub"
@@ -92,7 +92,7 @@ def test_a_bad_api_key(tmp_path: Path) -> None:
     key = tmp_path / "api"
     key.write_text("short\n")
     lines = render_error(tmp_path, "--api-key-file", str(key))
-    assert "does not hold a usable key" in lines[0] and "openssl rand" in lines[1]
+    assert "does not hold one usable key" in lines[0] and "openssl rand" in lines[1]
 
 
 def test_a_kernel_variant_needs_the_tree(tmp_path: Path) -> None:
