@@ -27,18 +27,8 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#include "common.h"
+#include "tap.h"
 
-enum { PASS, FAIL, SKIP };
-static char reason[256];
-static int feat_mem, feat_sched, feat_gpu;
-
-#define CHECK(cond, ...) do {						\
-	if (!(cond)) {							\
-		snprintf(reason, sizeof(reason), __VA_ARGS__);		\
-		return FAIL;						\
-	}								\
-} while (0)
 
 /* Enough rounds that the old code lost the race every run (15 pool, 1-3 lease hits). */
 #define RACE_ITERATIONS 3000
@@ -448,13 +438,6 @@ static int t_crash_releases_all(void)
 
 /* ---- runner --------------------------------------------------------------------- */
 
-struct test {
-	const char *name;
-	int (*fn)(void);
-	int *feature;
-};
-
-static int always = 1;
 static const struct test tests[] = {
 	{ "pool_create_ro_vs_destroy", t_pool_create_ro_vs_destroy, &feat_mem },
 	{ "gpu_lease_ro_vs_release", t_gpu_lease_ro_vs_release, &feat_gpu },
@@ -465,36 +448,5 @@ static const struct test tests[] = {
 
 int main(void)
 {
-	unsigned int i, n = sizeof(tests) / sizeof(tests[0]), failed = 0;
-	int present = access(MLOS_ML_DEVICE, F_OK) == 0;
-
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	feat_mem = read_param_bool("enable_tmm") == 1;
-	feat_sched = read_param_bool("enable_scheduler") == 1;
-	feat_gpu = read_param_bool("enable_gpu_manager") == 1;
-	printf("TAP version 13\n1..%u\n", n);
-	for (i = 0; i < n; i++) {
-		int rc;
-
-		if (!present) {
-			printf("ok %u - %s # SKIP %s absent\n", i + 1, tests[i].name, MLOS_ML_DEVICE);
-			continue;
-		}
-		if (!*tests[i].feature) {
-			printf("ok %u - %s # SKIP feature disabled by its module parameter\n", i + 1,
-			       tests[i].name);
-			continue;
-		}
-		reason[0] = 0;
-		rc = tests[i].fn();
-		if (rc == PASS)
-			printf("ok %u - %s\n", i + 1, tests[i].name);
-		else if (rc == SKIP)
-			printf("ok %u - %s # SKIP %s\n", i + 1, tests[i].name, reason);
-		else {
-			printf("not ok %u - %s # %s\n", i + 1, tests[i].name, reason);
-			failed++;
-		}
-	}
-	return failed ? 1 : 0;
+	return run_tests(tests, sizeof(tests) / sizeof(tests[0]));
 }

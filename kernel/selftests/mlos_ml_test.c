@@ -17,19 +17,9 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
-#include "common.h"
+#include "tap.h"
 
-enum { PASS, FAIL, SKIP };
-static char reason[256];
 static int expected_gpus = -1;
-static int feat_mem, feat_sched, feat_gpu;
-
-#define CHECK(cond, ...) do {						\
-	if (!(cond)) {							\
-		snprintf(reason, sizeof(reason), __VA_ARGS__);		\
-		return FAIL;						\
-	}								\
-} while (0)
 
 static int dev_open(void)
 {
@@ -759,13 +749,6 @@ static int t_gpu_leases(void)
 
 /* ---- runner --------------------------------------------------------------------- */
 
-struct test {
-	const char *name;
-	int (*fn)(void);
-	int *feature;		/* NULL: always runs */
-};
-
-static int always = 1;
 static const struct test tests[] = {
 	{ "version", t_version, &always },
 	{ "reserved_rejected", t_reserved_rejected, &always },
@@ -791,38 +774,7 @@ static const struct test tests[] = {
 
 int main(int argc, char **argv)
 {
-	unsigned int i, n = sizeof(tests) / sizeof(tests[0]), failed = 0;
-	int present = access(MLOS_ML_DEVICE, F_OK) == 0;
-
 	if (argc > 1)
 		expected_gpus = atoi(argv[1]);
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	feat_mem = read_param_bool("enable_tmm") == 1;
-	feat_sched = read_param_bool("enable_scheduler") == 1;
-	feat_gpu = read_param_bool("enable_gpu_manager") == 1;
-	printf("TAP version 13\n1..%u\n", n);
-	for (i = 0; i < n; i++) {
-		int rc;
-
-		if (!present) {
-			printf("ok %u - %s # SKIP %s absent\n", i + 1, tests[i].name, MLOS_ML_DEVICE);
-			continue;
-		}
-		if (!*tests[i].feature) {
-			printf("ok %u - %s # SKIP feature disabled by its module parameter\n", i + 1,
-			       tests[i].name);
-			continue;
-		}
-		reason[0] = 0;
-		rc = tests[i].fn();
-		if (rc == PASS)
-			printf("ok %u - %s\n", i + 1, tests[i].name);
-		else if (rc == SKIP)
-			printf("ok %u - %s # SKIP %s\n", i + 1, tests[i].name, reason);
-		else {
-			printf("not ok %u - %s # %s\n", i + 1, tests[i].name, reason);
-			failed++;
-		}
-	}
-	return failed ? 1 : 0;
+	return run_tests(tests, sizeof(tests) / sizeof(tests[0]));
 }
