@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     )
     # Limits against slow or amplifying clients (docs/security.md, "Limits").
     max_connections: int = Field(
-        4096, gt=0, description="open HTTP connections; more are answered 503 and closed "
-        "at once (keep the unit's LimitNOFILE above it)",
+        4096, gt=0, description="open connections per port (REST and gRPC each); more are "
+        "closed at once, REST with a 503 (keep the unit's LimitNOFILE above twice it)",
     )
     header_timeout_s: float = Field(
         10.0, gt=0, description="seconds a client has to send a request's headers (the "
@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     )
     keep_alive_timeout_s: float = Field(
         5.0, gt=0, description="seconds an idle keep-alive connection stays open"
+    )
+    grpc_connection_age_s: float = Field(
+        120.0, gt=0, description="gRPC connections are asked to reconnect (GOAWAY) after "
+        "this long; calls in flight then get body_timeout_s + request_timeout_s to finish "
+        "before the connection is closed (bounds how long a stalled call holds a connection)",
     )
     max_json_values: int = Field(
         4 * 1024 * 1024, gt=0, description="values one JSON body may hold (413 above): "

@@ -249,6 +249,79 @@ def test_header_and_body_deadlines(server_factory) -> None:  # type: ignore[no-u
     assert time.monotonic() - t0 < 3
 
 
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes the connection within `seconds` (data it sends first,
+    such as HTTP/2 SETTINGS or GOAWAY, is read and dropped)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def _grpc_client_works(port: int) -> bool:
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        return bool(client.is_server_live(client_timeout=5))
+    except InferenceServerException:
+        return False
+    finally:
+        client.close()
+
+
+def test_grpc_connection_cap_and_handshake_deadline(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(max_connections=8, header_timeout_s=1.0)
+    port = server.grpc_port
+    # Connections that never send the HTTP/2 preface (slowloris on the gRPC port).
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    time.sleep(0.3)
+    extra = socket.create_connection(("127.0.0.1", port))
+    assert _closed_within(extra, 2.0), "a connection past max_connections was kept"
+    # Past the handshake deadline the stalled ones are closed and real clients get in.
+    assert all(_closed_within(sock, 5.0) for sock in held), "handshake deadline not kept"
+    assert _grpc_client_works(port)
+    for sock in [*held, extra]:
+        sock.close()
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + \
+        struct.pack(">I", stream) + payload
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    # "Literal header field without indexing, new name", no Huffman (RFC 7541 6.2.2);
+    # every string here is shorter than 127 bytes.
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def test_grpc_call_that_never_finishes_its_message_loses_its_connection(
+        server_factory) -> None:  # type: ignore[no-untyped-def]
+    # A call whose message never completes: grpc core has no read deadline for it, so
+    # the connection age (then the grace of body + request timeouts) bounds its hold.
+    server = server_factory(grpc_connection_age_s=1.0, body_timeout_s=1.0,
+                            request_timeout_s=1.0)
+    sock = socket.create_connection(("127.0.0.1", server.grpc_port))
+    headers = b"".join(_hpack_literal(k, v) for k, v in (
+        (":method", "POST"), (":scheme", "http"), (":authority", "x"),
+        (":path", "/inference.GRPCInferenceService/ModelInfer"),
+        ("content-type", "application/grpc"), ("te", "trailers")))
+    # The message prefix says 1000 bytes; 10 arrive, the rest never do.
+    partial = b"\x00" + struct.pack(">I", 1000) + b"\x0a" * 10
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0, b"")
+                 + _h2_frame(1, 4, 1, headers) + _h2_frame(0, 0, 1, partial))
+    t0 = time.monotonic()
+    # Age 1 s (grpc adds up to 10 % jitter) + grace 2 s; without the age, never.
+    assert _closed_within(sock, 15.0), "the stalled call held its connection"
+    assert time.monotonic() - t0 < 10
+    sock.close()
+    assert _grpc_client_works(server.grpc_port)
+
+
 def test_deep_json_is_a_400_on_every_route(server) -> None:  # type: ignore[no-untyped-def]
     deep = "[" * 100_000 + "]" * 100_000
     for path in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings",

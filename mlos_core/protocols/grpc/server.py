@@ -29,6 +29,7 @@ from ...errors import (
     UnauthorizedError,
     UnsupportedError,
 )
+from ...settings import Settings
 from ...tensors import check_shape, from_bytes, from_contents, numpy_dtype, to_bytes
 from .generated import inference_pb2 as _pb
 from .generated import inference_pb2_grpc as pb_grpc
@@ -224,20 +225,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.SystemSharedMemoryUnregisterResponse()
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """grpc core's channel arguments: the connection limits the REST server applies too
+    (docs/security.md, "Connections")."""
+    ms = 1000
+    return [
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+        # Connections past the cap are closed at accept: descriptors stay bounded.
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        # A client that opens a connection must finish the HTTP/2 handshake in time
+        # (the REST server's header deadline); idle connections are closed like REST's.
+        ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * ms)),
+        ("grpc.max_connection_idle_ms", int(settings.keep_alive_timeout_s * ms)),
+        # grpc core has no per-message read deadline: a call whose message never
+        # completes would hold its connection for ever. Connections are recycled instead;
+        # a call in flight then has the body and request deadlines to finish.
+        ("grpc.max_connection_age_ms", int(settings.grpc_connection_age_s * ms)),
+        ("grpc.max_connection_age_grace_ms",
+         int((settings.body_timeout_s + settings.request_timeout_s) * ms)),
+    ]
+
+
 def start_grpc_server(plane: DataPlane, host: str, port: int) -> tuple[grpc.Server, int]:
     settings = plane.settings
-    limit = settings.max_request_bytes
+    workers = settings.max_concurrency + 4  # the admitted calls, and room for probes
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=settings.max_concurrency + 4, thread_name_prefix="mlos-grpc",
+            max_workers=workers, thread_name_prefix="mlos-grpc",
             # Request-serving threads: throughput class under the mlos_ml scheduler.
             initializer=plane.kernel.service_thread_started, initargs=("grpc",),
         ),
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(settings),
+        # Calls waiting for a worker hold their decoded message: past this many in all,
+        # grpc answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
+        maximum_concurrent_rpcs=2 * workers,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
