@@ -16,6 +16,7 @@ from ..kernel_modes import KernelModes
 from ..plugins import PluginManager
 from ..registry import ImportedFile, ModelRepository, RepositoryModel
 from ..settings import Settings
+from .model_config import check_declared, parse_override
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,25 @@ class ModelLifecycle:
         """Per-backend state the data plane keeps (the inline-compute measurements)."""
 
     # ---- models ----------------------------------------------------------------------------
-    def load_model(self, name: str) -> None:
+    def load_model(self, name: str, config: str | None = None) -> None:
         """(Re)load a model's versions from the repository. Triton's default policy: the
-        latest version; `version_policy: all` in the model config loads every version."""
+        latest version; `version_policy: all` in the model config loads every version.
+        `config`: Triton's configuration override (JSON text, model_config.py), used
+        instead of the model directory's config for this load."""
         repo_model = self.repository.get(name)
+        if config is not None:
+            repo_model.config = parse_override(config, name)
         with self._model_lock:
             state = self.models.setdefault(name, ModelState(name))
         backends = self._load_versions(repo_model)
+        if config is not None:
+            try:
+                for backend in backends.values():
+                    check_declared(repo_model.config, backend, name)
+            except MLOSError:
+                for backend in backends.values():
+                    self._unload_backend(backend)
+                raise
         with self._model_lock:
             old = state.versions
             state.versions = backends
@@ -205,6 +218,29 @@ class ModelLifecycle:
             return self.backend(name, version).ready and not self.draining
         except ModelNotReadyError:
             return False
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The model's configuration in Triton's JSON shape (dims without the batch
+        dimension when max_batch_size > 0)."""
+        backend = self.backend(name, version)
+        config = backend.source.config
+        max_batch = config.get("max_batch_size") or 0
+        skip = 1 if type(max_batch) is int and max_batch > 0 else 0
+
+        def specs(items: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": t.name, "data_type": "TYPE_" + t.datatype,
+                     "dims": list(t.shape[skip:])} for t in items]
+
+        doc: dict[str, Any] = {
+            "name": name, "backend": backend.name, "max_batch_size": max_batch if skip else 0,
+            "input": specs(backend.inputs), "output": specs(backend.outputs),
+        }
+        policy = config.get("version_policy", "latest")
+        doc["version_policy"] = {"all": {}} if policy == "all" else {
+            "latest": {"num_versions": 1}}
+        if config.get("instance_group"):
+            doc["instance_group"] = config["instance_group"]
+        return doc
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         backend = self.backend(name, version)
