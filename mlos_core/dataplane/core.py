@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "mlos-core"
 #: What the server metadata says is implemented; each has its routes in REST and gRPC
 #: (tests/unit/test_core_triton_examples.py checks). Not listed: cuda_shared_memory (its
-#: routes answer, but registration is refused without a CUDA device), trace (always off)
-#: and model_configuration (REST /config only, no gRPC ModelConfig); docs/core.md.
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "system_shared_memory",
-              "logging"]
+#: routes answer, but registration is refused without a CUDA device) and trace (always
+#: off); docs/core.md says why.
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics",
+              "system_shared_memory", "logging"]
 
 
 class DataPlane(ModelLifecycle, TensorInference, TextGeneration):

@@ -164,6 +164,11 @@ def _instance_groups(value: Any) -> list[dict[str, Any]]:
     return groups
 
 
+def config_type(datatype: str) -> str:
+    """A tensor datatype as Triton's model configuration names it (BYTES is TYPE_STRING)."""
+    return "TYPE_STRING" if datatype == "BYTES" else "TYPE_" + datatype
+
+
 def check_declared(config: dict[str, Any], backend: Backend, model: str) -> None:
     """The override's inputs and outputs must be the model's: same names and datatypes,
     dims compatible (-1 matches any size)."""
@@ -175,8 +180,8 @@ def check_declared(config: dict[str, Any], backend: Backend, model: str) -> None
             if spec is None:
                 raise _bad(f"model {model!r} has no {key} {declared['name']!r}; "
                            f"{key}s: {sorted(actual)}")
-            if declared["data_type"] != "TYPE_" + spec.datatype:
-                raise _bad(f"{key} {spec.name!r} is {spec.datatype}, not "
+            if declared["data_type"] != config_type(spec.datatype):
+                raise _bad(f"{key} {spec.name!r} is {config_type(spec.datatype)[5:]}, not "
                            f"{declared['data_type'][5:]}")
             dims = batch + declared["dims"]
             if spec.shape and (len(dims) != len(spec.shape) or any(

@@ -16,7 +16,7 @@ from ..kernel_modes import KernelModes
 from ..plugins import PluginManager
 from ..registry import ImportedFile, ModelRepository, RepositoryModel
 from ..settings import Settings
-from .model_config import check_declared, parse_override
+from .model_config import check_declared, config_type, parse_override
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class ModelLifecycle:
         skip = 1 if type(max_batch) is int and max_batch > 0 else 0
 
         def specs(items: list[TensorSpec]) -> list[dict[str, Any]]:
-            return [{"name": t.name, "data_type": "TYPE_" + t.datatype,
+            return [{"name": t.name, "data_type": config_type(t.datatype),
                      "dims": list(t.shape[skip:])} for t in items]
 
         doc: dict[str, Any] = {

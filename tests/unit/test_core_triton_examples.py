@@ -260,8 +260,13 @@ def test_configuration_override_on_load(simple: MLOSServer, protocol: str) -> No
         "parameters": {"intra_op_thread_count": {"string_value": "1"}},
     }
     client.load_model("simple", config=json.dumps(override))
-    config = httpclient.InferenceServerClient(simple.url).get_model_config("simple")
-    assert config["max_batch_size"] == 1 and config["instance_group"][0]["count"] == 1
+    config = client.get_model_config("simple", **({} if protocol == "http"
+                                                  else {"as_json": True}))
+    config = config.get("config", config)  # gRPC's JSON wraps it
+    assert int(config["max_batch_size"]) == 1
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
+    assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config["input"]] \
+        == [("INPUT0", "TYPE_INT32", [16]), ("INPUT1", "TYPE_INT32", [16])]
     check_sum_diff(client.infer("simple", inputs(mod)))
     two = [mod.InferInput(n, [2, 16], "INT32") for n in ("INPUT0", "INPUT1")]
     for tensor in two:
@@ -323,6 +328,7 @@ def test_errors_are_error_bodies_tritonclient_decodes(simple: MLOSServer) -> Non
 EXTENSION_PROBES: dict[str, tuple[tuple[str, str], str]] = {
     "binary_tensor_data": (("POST", "/v2/models/simple/infer"), "ModelInfer"),
     "model_repository": (("POST", "/v2/repository/index"), "RepositoryIndex"),
+    "model_configuration": (("GET", "/v2/models/simple/config"), "ModelConfig"),
     "statistics": (("GET", "/v2/models/stats"), "ModelStatistics"),
     "system_shared_memory": (("GET", "/v2/systemsharedmemory/status"),
                              "SystemSharedMemoryStatus"),
@@ -331,7 +337,7 @@ EXTENSION_PROBES: dict[str, tuple[tuple[str, str], str]] = {
 _GRPC_REQUESTS = {
     "ModelInfer": service_pb2.ModelInferRequest(model_name="simple"),
     "RepositoryIndex": service_pb2.RepositoryIndexRequest(),
-    "ModelMetadata": service_pb2.ModelMetadataRequest(name="simple"),
+    "ModelConfig": service_pb2.ModelConfigRequest(name="simple"),
     "ModelStatistics": service_pb2.ModelStatisticsRequest(),
     "SystemSharedMemoryStatus": service_pb2.SystemSharedMemoryStatusRequest(),
     "LogSettings": service_pb2.LogSettingsRequest(),

@@ -166,6 +166,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @_guarded
+    def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+        config = self.plane.model_config(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    @_guarded
     def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         result = self.plane.infer_blocking(decode_request(request, self.plane.decoder.budget()))
         response = pb.ModelInferResponse(
