@@ -64,6 +64,7 @@ class DataPlane(ModelLifecycle, TensorInference, TextGeneration):
         self.metrics.collectors.append(self.kernel.render_metrics)
         self._versions = versions()
         self.models: dict[str, ModelState] = {}
+        self.model_ids: dict[str, str] = {}
         self.admission = Admission(settings.max_concurrency)
         self.decoder = Decoder(settings)
         self._model_lock = threading.Lock()
@@ -83,6 +84,7 @@ class DataPlane(ModelLifecycle, TensorInference, TextGeneration):
         self.repository.ensure()
         for model in self.repository.scan():
             state = self.models.setdefault(model.name, ModelState(model.name))
+            self.remember_model_id(model)
             if not self.settings.load_models_at_start:
                 continue
             try:

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend, ModelSource, TensorSpec
-from ..errors import MLOSError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
+from ..errors import (
+    InvalidInputError,
+    MLOSError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+)
 from ..kernel_modes import KernelModes
 from ..plugins import PluginManager
 from ..registry import ImportedFile, ModelRepository, RepositoryModel
@@ -43,6 +49,8 @@ class ModelLifecycle:
     repository: ModelRepository
     kernel: KernelModes
     models: dict[str, ModelState]
+    #: Upstream MLOS model ids that are not repository names -> the name (registry.py)
+    model_ids: dict[str, str]
     draining: bool
     _model_lock: threading.Lock
 
@@ -130,6 +138,22 @@ class ModelLifecycle:
         for backend in old.values():
             self._unload_backend(backend)
 
+    # ---- upstream MLOS model ids ---------------------------------------------------------
+    def remember_model_id(self, model: RepositoryModel) -> None:
+        model_id = model.config.get("model_id")
+        if isinstance(model_id, str) and model_id != model.name:
+            self.model_ids[model_id] = model.name
+
+    def model_name_for(self, model_id: str) -> str:
+        """The repository name of an upstream MLOS id (a plain name is its own)."""
+        return self.model_ids.get(model_id, model_id)
+
+    def model_id_for(self, name: str) -> str:
+        for model_id, owner in self.model_ids.items():
+            if owner == name:
+                return model_id
+        return name
+
     def register_model(
         self,
         name: str,
@@ -137,11 +161,23 @@ class ModelLifecycle:
         version: str | None = None,
         config: dict[str, Any] | None = None,
         load: bool = True,
+        model_id: str | None = None,
     ) -> tuple[str, str]:
+        """Add a version; `model_id` (upstream MLOS's `namespace/name@version`) is kept in
+        the model's config, and a name another id already holds is refused."""
+        if model_id is not None and model_id != name:
+            held = self.model_id_for(name)
+            if held not in (name, model_id):
+                raise InvalidInputError(
+                    f"model id {model_id!r} would be stored as {name!r}, which holds "
+                    f"{held!r}; choose another id")
+            config = {**(config or {}), "model_id": model_id}
         name, version = self.repository.add_version(
             name, files, version, config, check=self._load_check if load else None)
         with self._model_lock:
             self.models.setdefault(name, ModelState(name))
+        if model_id is not None and model_id != name:
+            self.model_ids[model_id] = name
         if load:
             try:
                 self.load_model(name)
@@ -151,6 +187,7 @@ class ModelLifecycle:
                 if not self.repository.get(name).versions:
                     self.repository.delete(name)
                     self.models.pop(name, None)
+                    self._forget_model_id(name)
                 raise
         return name, version
 
@@ -160,11 +197,16 @@ class ModelLifecycle:
         for backend in self._load_versions(staged).values():
             self._unload_backend(backend)
 
+    def _forget_model_id(self, name: str) -> None:
+        for model_id in [i for i, owner in self.model_ids.items() if owner == name]:
+            del self.model_ids[model_id]
+
     def delete_model(self, name: str, version: str | None = None) -> None:
         if version is None:
             self.unload_model(name)
             self.repository.delete(name)
             self.models.pop(name, None)
+            self._forget_model_id(name)
         else:
             self.repository.delete(name, version)
             self.load_model(name)
