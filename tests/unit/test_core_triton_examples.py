@@ -360,3 +360,27 @@ def test_every_listed_extension_has_routes(simple: MLOSServer) -> None:
                 getattr(stub, rpc)(_GRPC_REQUESTS[rpc])
             except grpc.RpcError as exc:
                 assert exc.code() != grpc.StatusCode.UNIMPLEMENTED, extension
+
+
+def test_validation_errors_are_error_bodies() -> None:
+    """A route with FastAPI-validated parameters answers a bad one in the same shape,
+    naming the parameter (the MLOS routes parse their bodies themselves; a router that
+    declares typed parameters gets this)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from mlos_core.protocols.http import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/typed")
+    async def typed(count: int) -> dict[str, int]:
+        return {"count": count}
+
+    client = TestClient(app)
+    r = client.get("/typed", params={"count": "many"})
+    assert r.status_code == 422
+    assert "query.count" in r.json()["error"] and "integer" in r.json()["error"]
+    r = client.post("/typed")
+    assert r.status_code == 405 and r.json()["error"].startswith("method POST")
