@@ -17,7 +17,9 @@ one, so a bad override is a 400 / INVALID_ARGUMENT and the model keeps serving a
                                   max_batch_size > 0)
     version_policy                {"latest": {"num_versions": 1}} | {"all": {}}, or MLOS's
                                   "latest" | "all"
-    instance_group                [{count, kind}]: kind GPU asks the GPU manager for a lease
+    instance_group                [{count, kind}]: kind GPU asks the GPU manager for a lease;
+                                  count is checked, not copies (one session serves every
+                                  inference thread)
     parameters                    {"intra_op_thread_count": {"string_value": "2"}} (Triton's
                                   ONNX Runtime backend's name for MLOS's intra_op_threads)
     intra_op_threads, gpu, gpu_memory_mb   MLOS's own keys
