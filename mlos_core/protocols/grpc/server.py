@@ -231,7 +231,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     def LogSettings(self, request: Any, context: Any) -> Any:  # noqa: N802
-        update = {key: _log_value(value) for key, value in request.settings.items()}
+        update = {key: _param_value(value) for key, value in request.settings.items()}
         values = self.plane.log_settings.update(update) if update else \
             self.plane.log_settings.get()
         response = pb.LogSettingsResponse()
@@ -276,11 +276,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.plane.shm.unregister(request.name or None)
         return pb.SystemSharedMemoryUnregisterResponse()
-
-
-def _log_value(value: Any) -> Any:
-    kind = value.WhichOneof("parameter_choice")
-    return getattr(value, kind) if kind else None
 
 
 def start_grpc_server(plane: DataPlane, host: str, port: int) -> tuple[grpc.Server, int]:
