@@ -252,6 +252,8 @@ class TensorInference:
         max_batch = backend.source.config.get("max_batch_size") or 0
         if type(max_batch) is not int:
             max_batch = 0
+        # A configuration override's narrower input dims (dataplane/model_config.py).
+        declared = backend.source.config.get("declared_shapes")
         arrays: dict[str, np.ndarray] = {}
         for tensor in request.inputs:
             spec = specs.get(tensor.name)
@@ -268,18 +270,19 @@ class TensorInference:
                     f"{spec.datatype}"
                 )
             shape = tensor.shape
+            expected = declared.get(tensor.name, spec.shape) if declared else spec.shape
             if max_batch and shape and shape[0] > max_batch:
                 raise InvalidInputError(
                     f"input {tensor.name!r}: batch of {shape[0]} exceeds the model's "
                     f"max_batch_size {max_batch}"
                 )
-            if spec.shape and (
-                len(shape) != len(spec.shape)
-                or any(s != -1 and s != d for s, d in zip(spec.shape, shape, strict=True))
+            if expected and (
+                len(shape) != len(expected)
+                or any(s != -1 and s != d for s, d in zip(expected, shape, strict=True))
             ):
                 raise InvalidInputError(
                     f"input {tensor.name!r}: shape {list(shape)} does not match the model's "
-                    f"{list(spec.shape)} (-1 is any size)"
+                    f"{list(expected)} (-1 is any size)"
                 )
             data = tensor.data
             if data is None:

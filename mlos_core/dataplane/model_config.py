@@ -173,8 +173,11 @@ def config_type(datatype: str) -> str:
 
 def check_declared(config: dict[str, Any], backend: Backend, model: str) -> None:
     """The override's inputs and outputs must be the model's: same names and datatypes,
-    dims compatible (-1 matches any size)."""
+    dims compatible (-1 matches any size). Declared input dims narrower than the model's
+    (16 where the model says -1) are kept in the backend's config as `declared_shapes`,
+    which requests are then checked against."""
     batch = [-1] if config.get("max_batch_size", 0) > 0 else []
+    declared_shapes: dict[str, tuple[int, ...]] = {}
     for key, specs in (("input", backend.inputs), ("output", backend.outputs)):
         actual: dict[str, TensorSpec] = {s.name: s for s in specs}
         for declared in config.get(key, ()):
@@ -191,3 +194,14 @@ def check_declared(config: dict[str, Any], backend: Backend, model: str) -> None
                                                                    strict=True))):
                 raise _bad(f"{key} {spec.name!r}: dims {dims} (with the batch dimension) do "
                            f"not fit the model's {list(spec.shape)}")
+            if key == "input" and spec.shape:
+                declared_shapes[spec.name] = tuple(
+                    b if a == -1 else a for a, b in zip(spec.shape, dims, strict=True))
+    if declared_shapes:
+        backend.source.config["declared_shapes"] = declared_shapes
+
+
+def input_shape(backend: Backend, spec: TensorSpec) -> tuple[int, ...]:
+    """The shape requests for an input must have: the model's, narrowed by an override."""
+    declared = backend.source.config.get("declared_shapes")
+    return declared.get(spec.name, spec.shape) if declared else spec.shape

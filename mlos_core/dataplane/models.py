@@ -22,7 +22,7 @@ from ..kernel_modes import KernelModes
 from ..plugins import PluginManager
 from ..registry import ImportedFile, ModelRepository, RepositoryModel
 from ..settings import Settings
-from .model_config import check_declared, config_type, parse_override
+from .model_config import check_declared, config_type, input_shape, parse_override
 
 log = logging.getLogger(__name__)
 
@@ -269,13 +269,14 @@ class ModelLifecycle:
         max_batch = config.get("max_batch_size") or 0
         skip = 1 if type(max_batch) is int and max_batch > 0 else 0
 
-        def specs(items: list[TensorSpec]) -> list[dict[str, Any]]:
+        def specs(items: list[TensorSpec], inputs: bool) -> list[dict[str, Any]]:
             return [{"name": t.name, "data_type": config_type(t.datatype),
-                     "dims": list(t.shape[skip:])} for t in items]
+                     "dims": list((input_shape(backend, t) if inputs else t.shape)[skip:])}
+                    for t in items]
 
         doc: dict[str, Any] = {
             "name": name, "backend": backend.name, "max_batch_size": max_batch if skip else 0,
-            "input": specs(backend.inputs), "output": specs(backend.outputs),
+            "input": specs(backend.inputs, True), "output": specs(backend.outputs, False),
         }
         policy = config.get("version_policy", "latest")
         doc["version_policy"] = {"all": {}} if policy == "all" else {
@@ -288,14 +289,16 @@ class ModelLifecycle:
         backend = self.backend(name, version)
         state = self.models[name]
 
-        def specs(items: list[TensorSpec]) -> list[dict[str, Any]]:
-            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+        def specs(items: list[TensorSpec], inputs: bool) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype,
+                     "shape": list(input_shape(backend, t) if inputs else t.shape)}
+                    for t in items]
 
         return {
             "name": name,
             "versions": sorted(state.versions, key=int),
             "platform": backend.name,
-            "inputs": specs(backend.inputs),
-            "outputs": specs(backend.outputs),
+            "inputs": specs(backend.inputs, True),
+            "outputs": specs(backend.outputs, False),
         }
 

@@ -300,6 +300,29 @@ def test_configuration_override_on_load(simple: MLOSServer, protocol: str) -> No
     client.infer("simple", two)
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_override_narrows_input_dims(simple: MLOSServer, protocol: str) -> None:
+    """`double` takes x of any length; an override declaring dims [4] makes 4 the only
+    length it serves, its metadata says so, and a load without the override undoes it."""
+    mod: Any = httpclient if protocol == "http" else grpcclient
+    client = mod.InferenceServerClient(simple.url if protocol == "http" else grpc_url(simple))
+
+    def double(n: int) -> Any:
+        x = mod.InferInput("x", [n], "FP32")
+        x.set_data_from_numpy(np.arange(n, dtype=np.float32))
+        return client.infer("double", [x])
+
+    client.load_model("double", config=json.dumps(
+        {"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]}))
+    meta = httpclient.InferenceServerClient(simple.url).get_model_metadata("double")
+    assert meta["inputs"][0]["shape"] == [4]
+    np.testing.assert_array_equal(double(4).as_numpy("y"), [0, 2, 4, 6])
+    with pytest.raises(InferenceServerException, match=r"does not match the model's \[4\]"):
+        double(3)
+    client.load_model("double")
+    np.testing.assert_array_equal(double(3).as_numpy("y"), [0, 2, 4])
+
+
 def test_errors_are_error_bodies_tritonclient_decodes(simple: MLOSServer) -> None:
     base = f"http://{simple.url}"
     client = httpclient.InferenceServerClient(simple.url)
