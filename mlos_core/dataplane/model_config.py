@@ -36,6 +36,7 @@ from ..errors import InvalidInputError
 
 _PLATFORMS = {"onnxruntime_onnx": "onnxruntime"}
 _KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU")
+_MAX_DIM = (1 << 31) - 1  # Triton's max_batch_size is an int32; dims beyond it serve none
 #: Triton ONNX Runtime backend parameter -> MLOS config key.
 _PARAMETERS = {"intra_op_thread_count": "intra_op_threads"}
 _FIELDS = ("name", "backend", "platform", "default_model_filename", "max_batch_size",
@@ -69,7 +70,7 @@ def _tensors(value: Any, what: str) -> list[dict[str, Any]]:
         dims = item.get("dims")
         if not isinstance(dims, list):
             raise _bad(f"{what} {item['name']!r}: 'dims' must be a list of integers")
-        dims = [_positive_int(d, f"{what} {item['name']!r} dims", -1) for d in dims]
+        dims = [_positive_int(d, f"{what} {item['name']!r} dims", -1, _MAX_DIM) for d in dims]
         unknown = set(item) - {"name", "data_type", "dims"}
         if unknown:
             raise _bad(f"{what} {item['name']!r}: unsupported fields {sorted(unknown)}")
@@ -85,7 +86,7 @@ def parse_override(text: Any, model: str) -> dict[str, Any]:
         raise _bad("'config' must be a string holding a JSON model configuration")
     try:
         doc = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise _bad(f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise _bad("the model configuration must be a JSON object")
@@ -105,7 +106,8 @@ def parse_override(text: Any, model: str) -> dict[str, Any]:
             raise _bad("'default_model_filename' must be a string")
         config["default_model_filename"] = doc["default_model_filename"]
     if "max_batch_size" in doc:
-        config["max_batch_size"] = _positive_int(doc["max_batch_size"], "max_batch_size")
+        config["max_batch_size"] = _positive_int(doc["max_batch_size"], "max_batch_size", 0,
+                                                 _MAX_DIM)
     for key in ("input", "output"):
         if key in doc:
             config[key] = _tensors(doc[key], key)
@@ -133,7 +135,8 @@ def parse_override(text: Any, model: str) -> dict[str, Any]:
             raise _bad("'gpu' must be a boolean")
         config["gpu"] = doc["gpu"]
     if "gpu_memory_mb" in doc:
-        config["gpu_memory_mb"] = _positive_int(doc["gpu_memory_mb"], "gpu_memory_mb", 1)
+        config["gpu_memory_mb"] = _positive_int(doc["gpu_memory_mb"], "gpu_memory_mb", 1,
+                                                1 << 30)
     return config
 
 
@@ -158,11 +161,21 @@ def _instance_groups(value: Any) -> list[dict[str, Any]]:
         if not isinstance(group, dict) or set(group) - {"count", "kind", "gpus", "name"}:
             raise _bad("each instance_group entry may have count, kind, gpus, name")
         kind = group.get("kind", "KIND_AUTO")
-        if kind not in _KINDS:
+        if not isinstance(kind, str) or kind not in _KINDS:
             raise _bad(f"instance_group kind {kind!r}; kinds: {list(_KINDS)}")
-        groups.append({**group, "count": _positive_int(group.get("count", 1),
-                                                       "instance_group count", 1),
-                       "kind": kind})
+        entry: dict[str, Any] = {
+            "count": _positive_int(group.get("count", 1), "instance_group count", 1, 1 << 16),
+            "kind": kind}
+        if "name" in group:
+            if not isinstance(group["name"], str):
+                raise _bad("instance_group name must be a string")
+            entry["name"] = group["name"]
+        if "gpus" in group:
+            gpus = group["gpus"]
+            if not isinstance(gpus, list):
+                raise _bad("instance_group gpus must be a list of device numbers")
+            entry["gpus"] = [_positive_int(g, "instance_group gpus", 0, 1 << 16) for g in gpus]
+        groups.append(entry)
     return groups
 
 

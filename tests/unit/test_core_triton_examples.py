@@ -285,6 +285,9 @@ def test_configuration_override_on_load(simple: MLOSServer, protocol: str) -> No
          "do not fit"),
         (json.dumps({"max_batch_size": -1}), "max_batch_size"),
         (json.dumps({"sequence_batching": {}}), "unsupported fields"),
+        (json.dumps({"instance_group": [{"count": 1, "gpus": "0"}]}), "gpus"),
+        (json.dumps({"max_batch_size": 1 << 40}), "max_batch_size"),
+        ("[" * 100_000, "not valid JSON"),
         (json.dumps({"parameters": {"intra_op_thread_count": {"string_value": "999"}}}),
          "intra_op_threads"),
     ]
