@@ -176,3 +176,16 @@ def test_bad_upstream_requests_are_4xx_and_the_server_keeps_serving(
     assert status == 200 and answer == {"id": MLP_ID, "deleted": True}
     status, answer = curl(f"{base}/models/{url_encode(MLP_ID)}")
     assert status == 404
+
+
+def test_ids_survive_a_restart(upstream: tuple[MLOSServer, str], server_factory: Any,
+                               tmp_path: Path) -> None:
+    server, _ = upstream
+    # A second server started on the same repository reads the ids from it.
+    again = server_factory(import_roots=server.settings.import_roots)
+    base = f"http://{again.url}"
+    status, listed = curl(f"{base}/models")
+    assert {MLP_ID, TOKENS_ID} <= {m["id"] for m in listed["models"]}
+    status, answer = run_inference(base, TOKENS_ID, {"input_ids": [4], "attention_mask": [1]},
+                                   tmp_path, True)
+    assert status == 200 and answer["outputs"]["logits"] == [[4.0]]
