@@ -36,12 +36,40 @@ _TRASH_PREFIX = ".trash-"
 CONFIG_FILES = ("config.yaml", "config.yml", "config.json")
 
 
+def is_model_name(name: str) -> bool:
+    return isinstance(name, str) and bool(_NAME.fullmatch(name)) and name not in (".", "..")
+
+
 def check_model_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
         raise InvalidInputError(
             f"invalid model name {name!r}: use letters, digits, '_', '-', '.' (max 128)"
         )
     return name
+
+
+#: Upstream MLOS model ids: `namespace/name@version` (Axon's), or any plain name.
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@/-]{0,199}")
+
+
+def check_model_id(model_id: str) -> str:
+    """An upstream MLOS model id, kept as given (e.g. `hf/bert-base-uncased@latest`)."""
+    if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id) or any(
+            part in ("", ".", "..") for part in model_id.split("/")):
+        raise InvalidInputError(
+            f"invalid model name {model_id!r}: letters, digits, '_', '-', '.', or an id "
+            "namespace/name@version of those and '@' and '/' (max 200)")
+    return model_id
+
+
+def repository_name_for(model_id: str) -> str:
+    """The repository directory a model id is stored under: the id itself when it is a
+    plain name, else the id with each run of other characters as '_' ("hf/mlp@latest" ->
+    "hf_mlp_latest"); the id itself is kept in the model's config (`model_id`)."""
+    check_model_id(model_id)
+    if _NAME.fullmatch(model_id):
+        return model_id
+    return check_model_name(re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[:128])
 
 
 def is_version(name: str) -> bool:

@@ -10,6 +10,10 @@ neutral types (types.py), call it and frame the answer; they hold no inference l
     inference.py   tensor inference (threads, inline fast path, pools, shared memory)
     generation.py  text generation and embeddings
     decoding.py    bounded request decoding, off the event loop
+    statistics.py  Triton's per-model-version statistics (hooks the inference path calls)
+    model_config.py  Triton's configuration override on load
+    cuda_shm.py    Triton's CUDA shared memory, answered truthfully without CUDA
+    server_settings.py  Triton's log settings (the service's logging level) and trace
     core.py        the DataPlane that joins them
 """
 

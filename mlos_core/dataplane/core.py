@@ -19,16 +19,24 @@ from ..registry import ModelRepository
 from ..runtime_mode import RuntimeMode, detect
 from ..settings import Settings
 from .admission import Admission
+from .cuda_shm import CudaSharedMemory
 from .decoding import Decoder
 from .generation import TextGeneration
 from .inference import TensorInference
 from .llm_metrics import LLMMetrics
 from .models import ModelLifecycle, ModelState
+from .server_settings import LogSettings, trace_settings, update_trace_settings
+from .statistics import Statistics
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mlos-core"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory"]
+#: What the server metadata says is implemented; each has its routes in REST and gRPC
+#: (tests/unit/test_core_triton_examples.py checks). Not listed: cuda_shared_memory (its
+#: routes answer, but registration is refused without a CUDA device) and trace (always
+#: off); docs/core.md says why.
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics",
+              "system_shared_memory", "logging"]
 
 
 class DataPlane(ModelLifecycle, TensorInference, TextGeneration):
@@ -44,15 +52,19 @@ class DataPlane(ModelLifecycle, TensorInference, TextGeneration):
         self.metrics = Metrics()
         self.llm_metrics = LLMMetrics()
         self.metrics.collectors.append(self.llm_metrics.render)
+        self.statistics = Statistics()
         self.runtime: RuntimeMode = detect(settings.sysfs_root)
         self.kernel = KernelModes(
             self.runtime, settings.mlos_ml_device, settings.tensor_pool_mb,
             settings.reserved_cpus, settings.kernel_features,
         ).start()
         self.shm = SharedMemoryRegistry(self.kernel)
+        self.cuda_shm = CudaSharedMemory()
+        self.log_settings = LogSettings()
         self.metrics.collectors.append(self.kernel.render_metrics)
         self._versions = versions()
         self.models: dict[str, ModelState] = {}
+        self.model_ids: dict[str, str] = {}
         self.admission = Admission(settings.max_concurrency)
         self.decoder = Decoder(settings)
         self._model_lock = threading.Lock()
@@ -72,6 +84,7 @@ class DataPlane(ModelLifecycle, TensorInference, TextGeneration):
         self.repository.ensure()
         for model in self.repository.scan():
             state = self.models.setdefault(model.name, ModelState(model.name))
+            self.remember_model_id(model)
             if not self.settings.load_models_at_start:
                 continue
             try:
@@ -110,6 +123,34 @@ class DataPlane(ModelLifecycle, TensorInference, TextGeneration):
     # ---- server ----------------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def model_statistics(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Triton's statistics extension: every loaded version of every model, of one
+        model, or one version (unknown or unloaded ones are the lookup's errors)."""
+        if name:
+            self.backend(name, version)  # raises when unknown or not loaded
+            names = [name]
+        else:
+            names = sorted(self.models)
+        stats = []
+        for model in names:
+            versions = self.models[model].versions
+            for ver in sorted(versions, key=int):
+                if version and ver != version:
+                    continue
+                stats.append(self.statistics.snapshot(id(versions[ver]), model, ver))
+        return stats
+
+    def trace_settings(
+        self, settings: dict[str, Any] | None = None, model: str | None = None
+    ) -> dict[str, Any]:
+        """Triton's trace extension (global or per model): tracing is off and stays off
+        (server_settings.py); `settings` is an update to check."""
+        if model:
+            self.backend(model)  # an unknown or unloaded model is the lookup's error
+        return trace_settings() if settings is None else update_trace_settings(settings)
 
     def health(self) -> dict[str, Any]:
         states = [m.state for m in self.models.values()]

@@ -26,6 +26,7 @@ from ..protocols.shm import SharedMemoryRegistry
 from ..settings import Settings
 from ..tensors import DTYPES, datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
 from .admission import Admission, Slot
+from .statistics import RequestTimes, Statistics
 from .types import InferRequest, InferResponse, InputTensor, OutputTensor, ShmRef
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class TensorInference:
     settings: Settings
     kernel: KernelModes
     metrics: Metrics
+    statistics: Statistics
     shm: SharedMemoryRegistry
     admission: Admission
     _executor: concurrent.futures.ThreadPoolExecutor
@@ -59,6 +61,7 @@ class TensorInference:
 
     def _forget_backend(self, backend: Backend) -> None:
         self._compute_ewma.pop(id(backend), None)
+        self.statistics.forget(id(backend))
 
     def _inline(self, backend: Backend, request: InferRequest) -> bool:
         """Whether this model is fast enough that the thread hand-off would cost more than
@@ -110,6 +113,7 @@ class TensorInference:
         backend = self._lookup(request)
         if isinstance(backend, TextGenerator):  # each prompt is a generation (own metrics)
             return await self._infer_text(backend, request)  # type: ignore[attr-defined,no-any-return]
+        arrived = time.perf_counter()
         try:
             if self._inline(backend, request):
                 return self._run_inline(backend, request)
@@ -122,6 +126,7 @@ class TensorInference:
                 raise self._timed_out(future, slot) from None
         except MLOSError as exc:
             self.metrics.failure(request.model, request.protocol, type(exc).__name__)
+            self.statistics.record_failure(id(backend), arrived)  # statistics hook: failure
             raise
 
     def infer_blocking(self, request: InferRequest) -> InferResponse:
@@ -129,6 +134,7 @@ class TensorInference:
         backend = self._lookup(request)
         if isinstance(backend, TextGenerator):
             return self._infer_text_blocking(backend, request)  # type: ignore[attr-defined,no-any-return]
+        arrived = time.perf_counter()
         try:
             if self._inline(backend, request):
                 return self._run_inline(backend, request)
@@ -139,6 +145,7 @@ class TensorInference:
                 raise self._timed_out(future, slot) from None
         except MLOSError as exc:
             self.metrics.failure(request.model, request.protocol, type(exc).__name__)
+            self.statistics.record_failure(id(backend), arrived)  # statistics hook: failure
             raise
 
     def _run(self, backend: Backend, request: InferRequest, queued_at: float) -> InferResponse:
@@ -188,6 +195,14 @@ class TensorInference:
         self.metrics.record(
             request.model, request.protocol, started - queued_at, compute_done - compute_started
         )
+        # Statistics hooks: one model execution of one request (a batcher records the
+        # execution once per batch and the success once per request in it).
+        times = RequestTimes(queued_at, started, compute_started, compute_done,
+                             time.perf_counter())
+        self.statistics.record_execution(
+            key, 1, compute_started - started, compute_done - compute_started,
+            times.output_done - compute_done)
+        self.statistics.record_success(key, times)
         return InferResponse(request.model, backend.source.version, outputs, request.id)
 
     def _measure(self, key: int, spent: float, nbytes: int) -> None:
@@ -234,6 +249,11 @@ class TensorInference:
 
     def _validated_inputs(self, backend: Backend, request: InferRequest) -> dict[str, np.ndarray]:
         specs = {s.name: s for s in backend.inputs}
+        max_batch = backend.source.config.get("max_batch_size") or 0
+        if type(max_batch) is not int:
+            max_batch = 0
+        # A configuration override's narrower input dims (dataplane/model_config.py).
+        declared = backend.source.config.get("declared_shapes")
         arrays: dict[str, np.ndarray] = {}
         for tensor in request.inputs:
             spec = specs.get(tensor.name)
@@ -250,13 +270,19 @@ class TensorInference:
                     f"{spec.datatype}"
                 )
             shape = tensor.shape
-            if spec.shape and (
-                len(shape) != len(spec.shape)
-                or any(s != -1 and s != d for s, d in zip(spec.shape, shape, strict=True))
+            expected = declared.get(tensor.name, spec.shape) if declared else spec.shape
+            if max_batch and shape and shape[0] > max_batch:
+                raise InvalidInputError(
+                    f"input {tensor.name!r}: batch of {shape[0]} exceeds the model's "
+                    f"max_batch_size {max_batch}"
+                )
+            if expected and (
+                len(shape) != len(expected)
+                or any(s != -1 and s != d for s, d in zip(expected, shape, strict=True))
             ):
                 raise InvalidInputError(
                     f"input {tensor.name!r}: shape {list(shape)} does not match the model's "
-                    f"{list(spec.shape)} (-1 is any size)"
+                    f"{list(expected)} (-1 is any size)"
                 )
             data = tensor.data
             if data is None:

@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend, ModelSource, TensorSpec
-from ..errors import MLOSError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
+from ..errors import (
+    InvalidInputError,
+    MLOSError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+)
 from ..kernel_modes import KernelModes
 from ..plugins import PluginManager
 from ..registry import ImportedFile, ModelRepository, RepositoryModel
 from ..settings import Settings
+from .model_config import check_declared, config_type, input_shape, parse_override
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,8 @@ class ModelLifecycle:
     repository: ModelRepository
     kernel: KernelModes
     models: dict[str, ModelState]
+    #: Upstream MLOS model ids that are not repository names -> the name (registry.py)
+    model_ids: dict[str, str]
     draining: bool
     _model_lock: threading.Lock
 
@@ -49,13 +58,25 @@ class ModelLifecycle:
         """Per-backend state the data plane keeps (the inline-compute measurements)."""
 
     # ---- models ----------------------------------------------------------------------------
-    def load_model(self, name: str) -> None:
+    def load_model(self, name: str, config: str | None = None) -> None:
         """(Re)load a model's versions from the repository. Triton's default policy: the
-        latest version; `version_policy: all` in the model config loads every version."""
+        latest version; `version_policy: all` in the model config loads every version.
+        `config`: Triton's configuration override (JSON text, model_config.py), used
+        instead of the model directory's config for this load."""
         repo_model = self.repository.get(name)
+        if config is not None:
+            repo_model.config = parse_override(config, name)
         with self._model_lock:
             state = self.models.setdefault(name, ModelState(name))
         backends = self._load_versions(repo_model)
+        if config is not None:
+            try:
+                for backend in backends.values():
+                    check_declared(repo_model.config, backend, name)
+            except MLOSError:
+                for backend in backends.values():
+                    self._unload_backend(backend)
+                raise
         with self._model_lock:
             old = state.versions
             state.versions = backends
@@ -117,6 +138,22 @@ class ModelLifecycle:
         for backend in old.values():
             self._unload_backend(backend)
 
+    # ---- upstream MLOS model ids ---------------------------------------------------------
+    def remember_model_id(self, model: RepositoryModel) -> None:
+        model_id = model.config.get("model_id")
+        if isinstance(model_id, str) and model_id != model.name:
+            self.model_ids[model_id] = model.name
+
+    def model_name_for(self, model_id: str) -> str:
+        """The repository name of an upstream MLOS id (a plain name is its own)."""
+        return self.model_ids.get(model_id, model_id)
+
+    def model_id_for(self, name: str) -> str:
+        for model_id, owner in self.model_ids.items():
+            if owner == name:
+                return model_id
+        return name
+
     def register_model(
         self,
         name: str,
@@ -124,11 +161,23 @@ class ModelLifecycle:
         version: str | None = None,
         config: dict[str, Any] | None = None,
         load: bool = True,
+        model_id: str | None = None,
     ) -> tuple[str, str]:
+        """Add a version; `model_id` (upstream MLOS's `namespace/name@version`) is kept in
+        the model's config, and a name another id already holds is refused."""
+        if model_id is not None and model_id != name:
+            held = self.model_id_for(name)
+            if held not in (name, model_id):
+                raise InvalidInputError(
+                    f"model id {model_id!r} would be stored as {name!r}, which holds "
+                    f"{held!r}; choose another id")
+            config = {**(config or {}), "model_id": model_id}
         name, version = self.repository.add_version(
             name, files, version, config, check=self._load_check if load else None)
         with self._model_lock:
             self.models.setdefault(name, ModelState(name))
+        if model_id is not None and model_id != name:
+            self.model_ids[model_id] = name
         if load:
             try:
                 self.load_model(name)
@@ -138,6 +187,7 @@ class ModelLifecycle:
                 if not self.repository.get(name).versions:
                     self.repository.delete(name)
                     self.models.pop(name, None)
+                    self._forget_model_id(name)
                 raise
         return name, version
 
@@ -147,11 +197,16 @@ class ModelLifecycle:
         for backend in self._load_versions(staged).values():
             self._unload_backend(backend)
 
+    def _forget_model_id(self, name: str) -> None:
+        for model_id in [i for i, owner in self.model_ids.items() if owner == name]:
+            del self.model_ids[model_id]
+
     def delete_model(self, name: str, version: str | None = None) -> None:
         if version is None:
             self.unload_model(name)
             self.repository.delete(name)
             self.models.pop(name, None)
+            self._forget_model_id(name)
         else:
             self.repository.delete(name, version)
             self.load_model(name)
@@ -206,18 +261,44 @@ class ModelLifecycle:
         except ModelNotReadyError:
             return False
 
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The model's configuration in Triton's JSON shape (dims without the batch
+        dimension when max_batch_size > 0)."""
+        backend = self.backend(name, version)
+        config = backend.source.config
+        max_batch = config.get("max_batch_size") or 0
+        skip = 1 if type(max_batch) is int and max_batch > 0 else 0
+
+        def specs(items: list[TensorSpec], inputs: bool) -> list[dict[str, Any]]:
+            return [{"name": t.name, "data_type": config_type(t.datatype),
+                     "dims": list((input_shape(backend, t) if inputs else t.shape)[skip:])}
+                    for t in items]
+
+        doc: dict[str, Any] = {
+            "name": name, "backend": backend.name, "max_batch_size": max_batch if skip else 0,
+            "input": specs(backend.inputs, True), "output": specs(backend.outputs, False),
+        }
+        policy = config.get("version_policy", "latest")
+        doc["version_policy"] = {"all": {}} if policy == "all" else {
+            "latest": {"num_versions": 1}}
+        if config.get("instance_group"):
+            doc["instance_group"] = config["instance_group"]
+        return doc
+
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         backend = self.backend(name, version)
         state = self.models[name]
 
-        def specs(items: list[TensorSpec]) -> list[dict[str, Any]]:
-            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+        def specs(items: list[TensorSpec], inputs: bool) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype,
+                     "shape": list(input_shape(backend, t) if inputs else t.shape)}
+                    for t in items]
 
         return {
             "name": name,
             "versions": sorted(state.versions, key=int),
             "platform": backend.name,
-            "inputs": specs(backend.inputs),
-            "outputs": specs(backend.outputs),
+            "inputs": specs(backend.inputs, True),
+            "outputs": specs(backend.outputs, False),
         }
 

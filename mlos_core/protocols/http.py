@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import (
@@ -103,7 +104,25 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse({"error": "invalid request", "detail": _jsonable(exc.errors())}, 422)
+        errors = _jsonable(exc.errors())
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in errors)
+        return JSONResponse({"error": f"invalid request: {where}", "detail": errors}, 422)
+
+    async def routing(request: Request, exc: Exception) -> Response:
+        # Unknown routes (404) and wrong methods (405, with Allow) in the protocol's
+        # {"error": ...} shape, which tritonclient decodes (FastAPI's {"detail": ...} not).
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        response = error_response(exc.status_code, message)
+        response.headers.update(exc.headers or {})
+        return response
 
     async def gone(_request: Request, _exc: Exception) -> Response:
         # The client went away or missed its body deadline (the server answered 408 and
@@ -116,6 +135,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(MLOSError, domain)
     app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, routing)
     app.add_exception_handler(ClientDisconnect, gone)
     app.add_exception_handler(Exception, unexpected)
 

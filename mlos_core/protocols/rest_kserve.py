@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """KServe v2 / Open Inference Protocol over REST, with Triton's binary tensor data, model
-repository and system shared-memory extensions (what tritonclient.http speaks).
+repository (and configuration override), statistics, system and CUDA shared-memory, trace
+and logging extensions (what tritonclient.http speaks).
 
 Inference requests are parsed by hand (json + numpy.frombuffer), not by pydantic: the hot
 path builds no models per request. The OpenAPI still documents the body (openapi_extra)."""
@@ -329,6 +330,13 @@ def create_router(plane: DataPlane) -> APIRouter:
     async def server_metadata() -> dict[str, Any]:
         return plane.server_metadata()
 
+    # ---- statistics extension (before /v2/models/{model_name}: "stats" is no model) -----
+    @router.get("/v2/models/stats")
+    @router.get("/v2/models/{model_name}/stats")
+    @router.get("/v2/models/{model_name}/versions/{model_version}/stats")
+    async def model_statistics(model_name: str = "", model_version: str | None = None) -> Any:
+        return {"model_stats": plane.model_statistics(model_name or None, model_version)}
+
     @router.get("/v2/models/{model_name}")
     @router.get("/v2/models/{model_name}/versions/{model_version}")
     async def model_metadata(model_name: str, model_version: str | None = None) -> Any:
@@ -344,12 +352,7 @@ def create_router(plane: DataPlane) -> APIRouter:
     @router.get("/v2/models/{model_name}/config")
     @router.get("/v2/models/{model_name}/versions/{model_version}/config")
     async def model_config(model_name: str, model_version: str | None = None) -> Any:
-        meta = plane.model_metadata(model_name, model_version)
-        dims = [{"name": t["name"], "data_type": "TYPE_" + t["datatype"],
-                 "dims": t["shape"]} for t in meta["inputs"]]
-        outs = [{"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]}
-                for t in meta["outputs"]]
-        return {"name": model_name, "backend": meta["platform"], "input": dims, "output": outs}
+        return plane.model_config(model_name, model_version)
 
     # ---- model repository extension ------------------------------------------------------
     @router.post("/v2/repository/index")
@@ -358,8 +361,15 @@ def create_router(plane: DataPlane) -> APIRouter:
         return plane.repository_index(bool(doc.get("ready", False)))
 
     @router.post("/v2/repository/models/{model_name}/load")
-    async def repository_load(model_name: str) -> Any:
-        await asyncio.to_thread(plane.load_model, model_name)
+    async def repository_load(model_name: str, request: Request) -> Any:
+        doc = _dict(await read_json(request), "request")
+        params = _dict(doc.get("parameters"), "load parameters")
+        unknown = set(params) - {"config"}
+        if unknown:
+            raise InvalidInputError(
+                f"load parameters {sorted(unknown)} are not supported (only 'config'; "
+                "model files are registered with POST /models/register)")
+        await asyncio.to_thread(plane.load_model, model_name, params.get("config"))
         return {}
 
     @router.post("/v2/repository/models/{model_name}/unload")
@@ -399,5 +409,53 @@ def create_router(plane: DataPlane) -> APIRouter:
     async def shm_unregister(region_name: str) -> Any:
         plane.shm.unregister(region_name)
         return {}
+
+    # ---- CUDA shared memory extension (dataplane/cuda_shm.py) ----------------------------
+    @router.get("/v2/cudasharedmemory/status")
+    async def cuda_shm_status_all() -> Any:
+        return plane.cuda_shm.status(None)
+
+    @router.get("/v2/cudasharedmemory/region/{region_name}/status")
+    async def cuda_shm_status_one(region_name: str) -> Any:
+        return plane.cuda_shm.status(region_name)
+
+    @router.post("/v2/cudasharedmemory/region/{region_name}/register")
+    async def cuda_shm_register(region_name: str, request: Request) -> Any:
+        doc = _dict(await read_json(request), "request")
+        device, size = doc.get("device_id", 0), doc.get("byte_size")
+        if type(device) is not int or type(size) is not int:
+            raise InvalidInputError("register needs 'raw_handle', 'device_id' and 'byte_size'")
+        plane.cuda_shm.register(region_name, device, size)
+        return {}
+
+    @router.post("/v2/cudasharedmemory/unregister")
+    async def cuda_shm_unregister_all() -> Any:
+        plane.cuda_shm.unregister(None)
+        return {}
+
+    @router.post("/v2/cudasharedmemory/region/{region_name}/unregister")
+    async def cuda_shm_unregister(region_name: str) -> Any:
+        plane.cuda_shm.unregister(region_name)
+        return {}
+
+    # ---- logging and trace extensions (dataplane/server_settings.py) ---------------------
+    @router.get("/v2/logging")
+    async def log_settings() -> Any:
+        return plane.log_settings.get()
+
+    @router.post("/v2/logging")
+    async def update_log_settings(request: Request) -> Any:
+        return plane.log_settings.update(_dict(await read_json(request), "log settings"))
+
+    @router.get("/v2/trace/setting")
+    @router.get("/v2/models/{model_name}/trace/setting")
+    async def trace_settings(model_name: str | None = None) -> Any:
+        return plane.trace_settings(None, model_name)
+
+    @router.post("/v2/trace/setting")
+    @router.post("/v2/models/{model_name}/trace/setting")
+    async def update_trace_settings(request: Request, model_name: str | None = None) -> Any:
+        doc = _dict(await read_json(request), "trace settings")
+        return plane.trace_settings(doc, model_name)
 
     return router

@@ -93,3 +93,30 @@ def make_identity(path: Path, elem_type: int, name: str = "identity") -> Path:
         [helper.make_tensor_value_info("y", elem_type, ["n"])],
     )
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def make_simple(path: Path) -> Path:
+    """Triton's example `simple`: INT32 INPUT0, INPUT1 [-1, 16] -> OUTPUT0 = INPUT0 + INPUT1,
+    OUTPUT1 = INPUT0 - INPUT1 (what Triton's example client programs run against)."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+         helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"])], "simple",
+        [helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", 16])
+         for n in ("INPUT0", "INPUT1")],
+        [helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", 16])
+         for n in ("OUTPUT0", "OUTPUT1")],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def make_token_model(path: Path) -> Path:
+    """A token-id model shaped like an exported transformer: INT64 input_ids and
+    attention_mask [batch, sequence] -> FP32 logits [batch, sequence] = ids * mask."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input_ids", "attention_mask"], ["masked"]),
+         helper.make_node("Cast", ["masked"], ["logits"], to=TensorProto.FLOAT)], "tokens",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+         for n in ("input_ids", "attention_mask")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence"])],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)

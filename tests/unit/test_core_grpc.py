@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.grpc.model_config_pb2 as triton_config_pb2
 import tritonclient.grpc.service_pb2 as triton_pb2
 from core_fixtures import *  # noqa: F403  (the fixtures)
 from core_models import mlp_reference
@@ -88,8 +89,10 @@ def test_proto_is_wire_compatible_with_published_protocol() -> None:
     """Every message and RPC we define matches the published definitions that tritonclient
     ships (field numbers, wire types, nested types)."""
     ours = inference_pb2.DESCRIPTOR
+    published = {**triton_config_pb2.DESCRIPTOR.message_types_by_name,
+                 **triton_pb2.DESCRIPTOR.message_types_by_name}
     for name, message in ours.message_types_by_name.items():
-        theirs = triton_pb2.DESCRIPTOR.message_types_by_name[name]
+        theirs = published[name]
         assert _fields(message) == {k: v for k, v in _fields(theirs).items()
                                     if k in _fields(message)}, name
     our_service = ours.services_by_name["GRPCInferenceService"]
@@ -99,6 +102,10 @@ def test_proto_is_wire_compatible_with_published_protocol() -> None:
         theirs = their_service.methods_by_name[method.name]
         assert method.input_type.name == theirs.input_type.name
         assert method.output_type.name == theirs.output_type.name
+    for name, enum in ours.enum_types_by_name.items():
+        theirs = triton_config_pb2.DESCRIPTOR.enum_types_by_name[name]
+        assert [(v.name, v.number) for v in enum.values] == \
+            [(v.name, v.number) for v in theirs.values], name
 
 
 def _normalised(text: str) -> str:

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """KServe v2 gRPC (package `inference`, service `GRPCInferenceService`) over the data plane,
-with the model repository and system shared-memory extensions.
+with Triton's model repository (and configuration override), statistics, system and CUDA
+shared-memory, trace and logging extensions.
 
 The server is grpcio's thread-pool server: each RPC runs on a worker thread, converts the
 protobuf into the data plane's neutral types and waits for the inference pool."""
@@ -14,6 +15,7 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from ...dataplane import DataPlane, InferRequest, InputTensor, OutputRequest, ShmRef
 from ...dataplane.decoding import TensorBudget
@@ -165,6 +167,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @_guarded
+    def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+        config = self.plane.model_config(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    @_guarded
     def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         result = self.plane.infer_blocking(decode_request(request, self.plane.decoder.budget()))
         response = pb.ModelInferResponse(
@@ -194,8 +201,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self.plane.load_model(request.model_name)
+        params = _params(request.parameters)
+        unknown = set(params) - {"config"}
+        if unknown:
+            raise InvalidInputError(
+                f"load parameters {sorted(unknown)} are not supported (only 'config'; "
+                "model files are registered with POST /models/register)")
+        self.plane.load_model(request.model_name, params.get("config"))
         return pb.RepositoryModelLoadResponse()
+
+    @_guarded
+    def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
+        stats = self.plane.model_statistics(request.name or None, request.version or None)
+        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+    @_guarded
+    def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.plane.cuda_shm.status(request.name or None)  # no region is ever registered
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @_guarded
+    def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.plane.cuda_shm.register(request.name, request.device_id, request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_guarded
+    def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.plane.cuda_shm.unregister(request.name or None)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    @_guarded
+    def LogSettings(self, request: Any, context: Any) -> Any:  # noqa: N802
+        update = {key: _param_value(value) for key, value in request.settings.items()}
+        values = self.plane.log_settings.update(update) if update else \
+            self.plane.log_settings.get()
+        response = pb.LogSettingsResponse()
+        for key, value in values.items():
+            field = "bool_param" if isinstance(value, bool) else \
+                "uint32_param" if isinstance(value, int) else "string_param"
+            setattr(response.settings[key], field, value)
+        return response
+
+    @_guarded
+    def TraceSetting(self, request: Any, context: Any) -> Any:  # noqa: N802
+        update = {key: list(value.value) or None for key, value in request.settings.items()}
+        values = self.plane.trace_settings(update or None, request.model_name or None)
+        response = pb.TraceSettingResponse()
+        for key, value in values.items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return response
 
     @_guarded
     def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
