@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Tensor inference: validation against the model's inputs, the inference threads, the
-inline fast path for tiny models, pooled and shared-memory outputs, and metrics.
+inline fast path for tiny models, dynamic batching (batching.py queues, _run_batch runs),
+pooled and shared-memory outputs, and metrics.
 
 Backends run on a bounded thread pool so the event loop never blocks on compute; only a
 model measured to be faster than the thread hand-off runs on the receiving thread, and
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import time
 from typing import Any
@@ -26,6 +28,8 @@ from ..protocols.shm import SharedMemoryRegistry
 from ..settings import Settings
 from ..tensors import DTYPES, datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
 from .admission import Admission, Slot
+from .batching import DynamicBatcher, Pending
+from .model_config import ModelIO
 from .types import InferRequest, InferResponse, InputTensor, OutputTensor, ShmRef
 
 log = logging.getLogger(__name__)
@@ -53,12 +57,33 @@ class TensorInference:
     _executor: concurrent.futures.ThreadPoolExecutor
     _compute_ewma: dict[int, tuple[float, int]]
     _inline_s: float
+    #: Per loaded backend: the tensors clients see (model_config.ModelIO), and its
+    #: dynamic batcher when the config enables batching.
+    _io: dict[int, ModelIO]
+    _batchers: dict[int, DynamicBatcher]
 
     def backend(self, name: str, version: str | None = None) -> Backend:
         raise NotImplementedError  # ModelLifecycle.backend
 
     def _forget_backend(self, backend: Backend) -> None:
         self._compute_ewma.pop(id(backend), None)
+        self._io.pop(id(backend), None)
+        batcher = self._batchers.pop(id(backend), None)
+        if batcher is not None:
+            batcher.close()
+
+    def _serve_as(self, backend: Backend, io: ModelIO) -> None:
+        """Called once a version has loaded: its served tensors and, when its config
+        enables dynamic batching, the batcher and its instance threads."""
+        self._io[id(backend)] = io
+        if io.batching is not None:
+            self._batchers[id(backend)] = DynamicBatcher(
+                backend.source.name, io.batching,
+                functools.partial(self._run_batch, backend, io),
+                self.kernel.inference_thread_started)
+
+    def served_io(self, backend: Backend) -> ModelIO:
+        return self._io.get(id(backend)) or ModelIO.of(backend)
 
     def _inline(self, backend: Backend, request: InferRequest) -> bool:
         """Whether this model is fast enough that the thread hand-off would cost more than
@@ -90,6 +115,19 @@ class TensorInference:
         future.add_done_callback(slot.release)
         return future, slot
 
+    def _queue(
+        self, batcher: DynamicBatcher, request: InferRequest
+    ) -> tuple[concurrent.futures.Future[InferResponse], Slot]:
+        """Into the model's batch queue, under the same admission as unbatched work."""
+        slot = self.admission.admit()
+        try:
+            future = batcher.submit(request)
+        except BaseException:
+            slot.release()
+            raise
+        future.add_done_callback(slot.release)
+        return future, slot
+
     def _timed_out(self, future: concurrent.futures.Future[Any], slot: Slot) -> MLOSError:
         # Work not started yet never starts; the slot is free for the next request now.
         future.cancel()
@@ -111,9 +149,13 @@ class TensorInference:
         if isinstance(backend, TextGenerator):  # each prompt is a generation (own metrics)
             return await self._infer_text(backend, request)  # type: ignore[attr-defined,no-any-return]
         try:
-            if self._inline(backend, request):
+            batcher = self._batchers.get(id(backend))
+            if batcher is not None:
+                future, slot = self._queue(batcher, request)
+            elif self._inline(backend, request):
                 return self._run_inline(backend, request)
-            future, slot = self._submit(request, backend)
+            else:
+                future, slot = self._submit(request, backend)
             try:
                 return await asyncio.wait_for(
                     asyncio.wrap_future(future), self.settings.request_timeout_s
@@ -130,9 +172,13 @@ class TensorInference:
         if isinstance(backend, TextGenerator):
             return self._infer_text_blocking(backend, request)  # type: ignore[attr-defined,no-any-return]
         try:
-            if self._inline(backend, request):
+            batcher = self._batchers.get(id(backend))
+            if batcher is not None:
+                future, slot = self._queue(batcher, request)
+            elif self._inline(backend, request):
                 return self._run_inline(backend, request)
-            future, slot = self._submit(request, backend)
+            else:
+                future, slot = self._submit(request, backend)
             try:
                 return future.result(self.settings.request_timeout_s)
             except concurrent.futures.TimeoutError:
@@ -143,19 +189,10 @@ class TensorInference:
 
     def _run(self, backend: Backend, request: InferRequest, queued_at: float) -> InferResponse:
         started = time.perf_counter()
-        arrays = self._validated_inputs(backend, request)
+        io = self.served_io(backend)
+        arrays = self._validated_inputs(backend, request, io)
+        names = self._output_names(request, io)
         wanted = request.outputs
-        known = {o.name: o for o in backend.outputs}
-        if wanted:
-            for requested in wanted:
-                if requested.name not in known:
-                    raise InvalidInputError(
-                        f"model {request.model!r} has no output {requested.name!r}; "
-                        f"outputs: {sorted(known)}"
-                    )
-            names = [o.name for o in wanted]
-        else:
-            names = list(known)
         compute_started = time.perf_counter()
         results = None
         shm_outputs = {o.name: o.shm for o in wanted or () if o.shm is not None}
@@ -164,18 +201,57 @@ class TensorInference:
             if shm_targets is not None:
                 results = backend.infer_into(arrays, shm_targets)
         written = results is not None
-        if results is None and self.kernel.pool is not None:
-            results = self._infer_pooled(backend, arrays, names)
         if results is None:
-            results = backend.infer(arrays, names)
+            results = self._compute(backend, arrays, names)
         compute_done = time.perf_counter()
         key = id(backend)
         self.kernel.computed(key, request.model)  # first run here: adopt its native threads
         self._measure(key, compute_done - compute_started, request_bytes(request))
+        response = self._respond(backend, io, request, names, results, written)
+        self.metrics.record(
+            request.model, request.protocol, started - queued_at, compute_done - compute_started
+        )
+        return response
+
+    def _compute(self, backend: Backend, arrays: dict[str, np.ndarray],
+                 names: list[str]) -> dict[str, np.ndarray]:
+        """One model execution (into pooled buffers when the memory manager has them)."""
+        results = None
+        if self.kernel.pool is not None:
+            results = self._infer_pooled(backend, arrays, names)
+        if results is None:
+            results = backend.infer(arrays, names)
+        return results
+
+    def _output_names(self, request: InferRequest, io: ModelIO) -> list[str]:
+        known = {o.name for o in io.outputs}
+        if not request.outputs:
+            return [o.name for o in io.outputs]
+        for requested in request.outputs:
+            if requested.name not in known:
+                raise InvalidInputError(
+                    f"model {request.model!r} has no output {requested.name!r}; "
+                    f"outputs: {sorted(known)}"
+                )
+        return [o.name for o in request.outputs]
+
+    def _respond(self, backend: Backend, io: ModelIO, request: InferRequest, names: list[str],
+                 results: dict[str, np.ndarray], written: bool) -> InferResponse:
+        """The response from the model's outputs: the config's dims (reshape), shared
+        memory written unless the model already wrote it there."""
         outputs: list[OutputTensor] = []
-        requests_by_name = {o.name: o for o in wanted or ()}
+        requests_by_name = {o.name: o for o in request.outputs or ()}
         for name in names:
             array = np.asarray(results[name])
+            dims = io.output_reshape.get(name)
+            if dims is not None:
+                lead = (array.shape[0],) if io.max_batch_size else ()
+                try:
+                    array = array.reshape(lead + dims)
+                except ValueError:
+                    raise InvalidInputError(
+                        f"output {name!r}: the model gave shape {list(array.shape)}, which "
+                        f"the config's dims {list(dims)} cannot hold") from None
             req = requests_by_name.get(name)
             tensor = OutputTensor(name, datatype_of(array), array.shape, array)
             if req is not None:
@@ -185,10 +261,83 @@ class TensorInference:
                         self._write_shm(req.shm, array, name)
                     tensor.shm, tensor.data = req.shm, None
             outputs.append(tensor)
-        self.metrics.record(
-            request.model, request.protocol, started - queued_at, compute_done - compute_started
-        )
         return InferResponse(request.model, backend.source.version, outputs, request.id)
+
+    # ---- dynamic batching ----------------------------------------------------------------
+    def _run_batch(self, backend: Backend, io: ModelIO, batch: list[Pending]) -> None:
+        """One batch taken from a model's queue (on its batcher thread). Each request is
+        validated alone (a malformed one fails alone); the rest run as one model execution
+        per group of requests with the same non-batch shapes, datatypes and outputs."""
+        started = time.perf_counter()
+        groups: dict[tuple[Any, ...], list[tuple[Pending, dict[str, np.ndarray]]]] = {}
+        names_of: dict[tuple[Any, ...], list[str]] = {}
+        for pending in batch:
+            try:
+                arrays = self._validated_inputs(backend, pending.request, io)
+                names = self._output_names(pending.request, io)
+            except MLOSError as exc:
+                self._batch_failed(pending, exc)
+                continue
+            key = (tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(arrays.items())),
+                   tuple(names))
+            groups.setdefault(key, []).append((pending, arrays))
+            names_of[key] = names
+        for key, group in groups.items():
+            self._execute(backend, io, group, names_of[key], started)
+
+    def _execute(self, backend: Backend, io: ModelIO,
+                 group: list[tuple[Pending, dict[str, np.ndarray]]], names: list[str],
+                 started: float) -> None:
+        """One model execution for `group`, its outputs split back per request
+        (statistics: one execution of `rows` rows; per request, compute start and end
+        are this execution's, output done after its _respond)."""
+        rows = [pending.rows for pending, _ in group]
+        if len(group) == 1:
+            merged = group[0][1]  # alone: its own arrays, no copy
+        else:
+            merged = {name: np.concatenate([arrays[name] for _, arrays in group])
+                      for name in group[0][1]}
+        compute_started = time.perf_counter()
+        try:
+            results = self._compute(backend, merged, names)
+        except MLOSError as exc:
+            if len(group) > 1 and isinstance(exc, InvalidInputError):
+                # The model rejected values in one of them: each alone, so only that one fails.
+                for member in group:
+                    self._execute(backend, io, [member], names, started)
+                return
+            for pending, _ in group:
+                self._batch_failed(pending, exc)
+            return
+        compute_done = time.perf_counter()
+        self.kernel.computed(id(backend), backend.source.name)
+        self.metrics.batch(backend.source.name, len(group), sum(rows))
+        offset = 0
+        for (pending, _), count in zip(group, rows, strict=True):
+            request = pending.request
+            try:
+                part = {}
+                for name in names:
+                    whole = results[name]
+                    if whole.ndim == 0 or whole.shape[0] != sum(rows):
+                        raise InvalidInputError(
+                            f"output {name!r} of shape {list(whole.shape)} has no batch "
+                            f"dimension of {sum(rows)} rows; the model cannot be batched")
+                    part[name] = whole[offset:offset + count]
+                response = self._respond(backend, io, request, names, part, False)
+            except MLOSError as exc:
+                self._batch_failed(pending, exc)
+            else:
+                self.metrics.record(request.model, request.protocol,
+                                    started - pending.queued_at, compute_done - compute_started)
+                pending.future.set_result(response)
+            offset += count
+
+    def _batch_failed(self, pending: Pending, exc: MLOSError) -> None:
+        """A batched request's failure (statistics: its failure)."""
+        self.metrics.failure(pending.request.model, pending.request.protocol,
+                             type(exc).__name__)
+        pending.future.set_exception(exc)
 
     def _measure(self, key: int, spent: float, nbytes: int) -> None:
         previous = self._compute_ewma.get(key)
@@ -232,8 +381,9 @@ class TensorInference:
             log.debug("pool buffers unavailable for this request: %s", exc)
             return None
 
-    def _validated_inputs(self, backend: Backend, request: InferRequest) -> dict[str, np.ndarray]:
-        specs = {s.name: s for s in backend.inputs}
+    def _validated_inputs(self, backend: Backend, request: InferRequest,
+                          io: ModelIO) -> dict[str, np.ndarray]:
+        specs = {s.name: s for s in io.inputs}
         arrays: dict[str, np.ndarray] = {}
         for tensor in request.inputs:
             spec = specs.get(tensor.name)
@@ -258,11 +408,30 @@ class TensorInference:
                     f"input {tensor.name!r}: shape {list(shape)} does not match the model's "
                     f"{list(spec.shape)} (-1 is any size)"
                 )
+            if io.max_batch_size and shape:
+                rows = request.inputs[0].shape[0] if request.inputs[0].shape else 0
+                if shape[0] > io.max_batch_size:
+                    raise InvalidInputError(
+                        f"input {tensor.name!r}: batch size {shape[0]} exceeds the model's "
+                        f"max_batch_size {io.max_batch_size}")
+                if shape[0] != rows:
+                    raise InvalidInputError(
+                        f"input {tensor.name!r}: batch size {shape[0]}, but "
+                        f"{request.inputs[0].name!r} has {rows}; every input needs the same")
             data = tensor.data
             if data is None:
                 if tensor.shm is None:
                     raise InvalidInputError(f"input {tensor.name!r} has no data")
                 data = self._read_shm(tensor)
+            inner = io.input_reshape.get(tensor.name)
+            if inner is not None:
+                lead = (shape[0],) if io.max_batch_size else ()
+                try:
+                    data = data.reshape(lead + inner)
+                except ValueError:
+                    raise InvalidInputError(
+                        f"input {tensor.name!r}: shape {list(shape)} cannot be reshaped to "
+                        f"the model's {list(lead + inner)} (config reshape)") from None
             arrays[tensor.name] = data
         missing = set(specs) - set(arrays)
         if missing:

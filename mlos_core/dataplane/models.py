@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Model lifecycle: load, unload, register and delete model versions from the repository,
-and find the backend that serves a request (the one lookup every request kind uses)."""
+and find the backend that serves a request (the one lookup every request kind uses).
+What a model's config means for serving it (version policy, tensors, batching) is
+model_config.py's."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ..kernel_modes import KernelModes
 from ..plugins import PluginManager
 from ..registry import ImportedFile, ModelRepository, RepositoryModel
 from ..settings import Settings
+from .model_config import ModelIO, backend_config, model_io, select_versions
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,12 @@ class ModelLifecycle:
     def _forget_backend(self, backend: Backend) -> None:
         """Per-backend state the data plane keeps (the inline-compute measurements)."""
 
+    def _serve_as(self, backend: Backend, io: ModelIO) -> None:
+        """Per-backend serving state (TensorInference: served tensors, the batcher)."""
+
+    def served_io(self, backend: Backend) -> ModelIO:
+        return ModelIO.of(backend)
+
     # ---- models ----------------------------------------------------------------------------
     def load_model(self, name: str) -> None:
         """(Re)load a model's versions from the repository. Triton's default policy: the
@@ -56,11 +65,18 @@ class ModelLifecycle:
         with self._model_lock:
             state = self.models.setdefault(name, ModelState(name))
         backends = self._load_versions(repo_model)
+        # Fields MLOS does not apply are said once per load: in the log and as the reason
+        # the repository index gives for this (ready) model.
+        warnings = sorted({w for b in backends.values() for w in self.served_io(b).warnings})
+        reason = ""
+        if warnings:
+            reason = "config fields not applied by MLOS: " + ", ".join(warnings)
+            log.warning("model %s: %s", name, reason)
         with self._model_lock:
             old = state.versions
             state.versions = backends
             state.state = "READY"
-            state.reason = ""
+            state.reason = reason
         for version, backend in old.items():
             if backends.get(version) is not backend:
                 self._unload_backend(backend)
@@ -71,16 +87,17 @@ class ModelLifecycle:
         self.kernel.release_model(id(backend))
 
     def _load_versions(self, model: RepositoryModel) -> dict[str, Backend]:
+        if model.error:
+            raise ModelLoadError(model.error)
         if not model.versions:
             raise ModelLoadError(f"model {model.name!r} has no version directory (e.g. 1/)")
-        policy = model.config.get("version_policy", "latest")
-        versions = model.versions if policy == "all" else model.versions[-1:]
+        versions = select_versions(model.name, model.config, model.versions)
         loaded: dict[str, Backend] = {}
         try:
             for version in versions:
                 path = model.path / version
-                cls, file = self.plugins.select(path, model.config)
-                config = dict(model.config)
+                config = backend_config(model.config)
+                cls, file = self.plugins.select(path, config)
                 source = ModelSource(model.name, version, path, config, file, self.settings)
                 backend = cls(source)
                 # The GPU manager's lease decides the device and memory limit the backend
@@ -100,6 +117,7 @@ class ModelLifecycle:
                     self.kernel.release_model(id(backend))
                     raise ModelLoadError(f"{model.name} v{version}: {exc}") from exc
                 loaded[version] = backend
+                self._serve_as(backend, model_io(model.name, config, backend))
         except Exception:
             for backend in loaded.values():
                 self._unload_backend(backend)
@@ -213,11 +231,12 @@ class ModelLifecycle:
         def specs(items: list[TensorSpec]) -> list[dict[str, Any]]:
             return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
 
+        io = self.served_io(backend)
         return {
             "name": name,
             "versions": sorted(state.versions, key=int),
             "platform": backend.name,
-            "inputs": specs(backend.inputs),
-            "outputs": specs(backend.outputs),
+            "inputs": specs(io.inputs),
+            "outputs": specs(io.outputs),
         }
 

@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Dynamic batching: the queue of one model version and the threads that turn it into
+model executions (Triton's dynamic batcher).
+
+Requests wait in one FIFO queue per batched model version. A batch is taken when the
+queued rows (dim 0 of each request) reach the largest preferred batch size (or
+max_batch_size when none is preferred), or when the oldest request has waited
+max_queue_delay; it holds at most max_batch_size rows, and the largest preferred size
+reached when there are preferred sizes. Each of `instances` threads takes a batch and runs
+it (TensorInference._run_batch: per-request validation, merge, one model execution per
+group of compatible requests, split), so while one batch computes the next one fills.
+
+Every request keeps its own future: a request cancelled or timed out while queued is
+skipped when the batch is taken (it never runs, it holds no rows), one that fails
+validation fails alone, and a result is set only on its own future.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import InvalidInputError, ServerBusyError
+from .model_config import Batching
+from .types import InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    """One queued request. `rows` is its dim 0 (its share of the batch)."""
+
+    request: InferRequest
+    future: concurrent.futures.Future[InferResponse]
+    queued_at: float
+    rows: int
+
+
+def request_rows(request: InferRequest) -> int:
+    """The batch rows a request declares (dim 0 of its first input; every input must
+    agree, which validation checks)."""
+    if not request.inputs or not request.inputs[0].shape:
+        raise InvalidInputError("a batched model needs inputs with a batch dimension")
+    return request.inputs[0].shape[0]
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        model: str,
+        batching: Batching,
+        execute: Callable[[list[Pending]], None],
+        thread_started: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.model = model
+        self.batching = batching
+        self._execute = execute
+        self._thread_started = thread_started
+        self._queue: collections.deque[Pending] = collections.deque()
+        self._rows = 0  # rows of the requests queued and not cancelled (approximately)
+        self._cond = threading.Condition()
+        self._closed = False
+        top = max(batching.preferred) if batching.preferred else batching.max_batch_size
+        self._target = min(top, batching.max_batch_size)
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"mlos-batch-{model}-{i}", daemon=True)
+            for i in range(batching.instances)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # ---- the request side --------------------------------------------------------------
+    def submit(self, request: InferRequest) -> concurrent.futures.Future[InferResponse]:
+        """Queue a request (statistics: its "queued" moment). Raises InvalidInputError
+        for more rows than max_batch_size, ServerBusyError once closed."""
+        rows = request_rows(request)
+        if rows > self.batching.max_batch_size:
+            raise InvalidInputError(
+                f"batch size {rows} exceeds the model's max_batch_size "
+                f"{self.batching.max_batch_size}")
+        future: concurrent.futures.Future[InferResponse] = concurrent.futures.Future()
+        pending = Pending(request, future, time.perf_counter(), rows)
+        with self._cond:
+            if self._closed:
+                raise ServerBusyError(f"model {self.model!r} is unloading; retry")
+            self._queue.append(pending)
+            self._rows += rows
+            if self._rows >= self._target or len(self._queue) == 1:
+                self._cond.notify()
+        # A cancelled request gives its rows back, so it never makes a batch look full.
+        future.add_done_callback(functools.partial(self._cancelled, pending))
+        return future
+
+    def _cancelled(self, pending: Pending,
+                   future: concurrent.futures.Future[InferResponse]) -> None:
+        if future.cancelled():
+            with self._cond:
+                if pending in self._queue:
+                    self._queue.remove(pending)
+                    self._rows -= pending.rows
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Stop taking batches; requests still queued fail (the model is unloading)."""
+        with self._cond:
+            self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._rows = 0
+            self._cond.notify_all()
+        for pending in left:
+            if pending.future.set_running_or_notify_cancel():
+                pending.future.set_exception(
+                    ServerBusyError(f"model {self.model!r} was unloaded; retry"))
+
+    # ---- the batch side ----------------------------------------------------------------
+    def _take(self) -> list[Pending] | None:
+        """Blocks until a batch is due; None once closed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if not self._queue:
+                    self._cond.wait()
+                    continue
+                if self._rows >= self._target:
+                    break
+                wait = self._queue[0].queued_at + self.batching.max_delay_s \
+                    - time.perf_counter()
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
+            cap = self.batching.max_batch_size
+            reached = [p for p in self.batching.preferred if p <= self._rows]
+            if reached:
+                cap = max(reached)
+            batch: list[Pending] = []
+            taken = 0
+            while self._queue and (not batch or taken + self._queue[0].rows <= cap):
+                pending = self._queue.popleft()
+                self._rows -= pending.rows
+                # False: cancelled (timed out) while queued; it never runs.
+                if pending.future.set_running_or_notify_cancel():
+                    batch.append(pending)
+                    taken += pending.rows
+            if self._queue:
+                self._cond.notify()  # another instance may take the rest
+            return batch
+
+    def _loop(self) -> None:
+        self._thread_started()
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                self._execute(batch)
+            except BaseException as exc:  # never leave a request without an answer
+                log.exception("batch of model %s failed", self.model)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
