@@ -93,3 +93,30 @@ def make_identity(path: Path, elem_type: int, name: str = "identity") -> Path:
         [helper.make_tensor_value_info("y", elem_type, ["n"])],
     )
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def make_scale(path: Path, inner: list[int | str], factor: float = 2.0) -> Path:
+    """y = factor * x on FP32 ["batch", *inner] ("x" -> "y"): a batchable model whose
+    non-batch dimensions are fixed (ints) or free (names)."""
+    k = numpy_helper.from_array(np.array(factor, dtype=np.float32), "k")
+    shape: list[int | str] = ["batch", *inner]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [k],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def make_lookup(path: Path, size: int = 10) -> Path:
+    """y = table[x] (Gather) on INT64 x ["batch", 1] -> FP32 y ["batch", 1], table[i] =
+    10 i: an index outside [-size, size) is a value ONNX Runtime itself rejects."""
+    table = numpy_helper.from_array(np.arange(size, dtype=np.float32) * 10, "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "x"], ["y"], axis=0)], "lookup",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [table],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
