@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/core_bench.py [--quick] [--out docs/benchmarks.md]
     .venv/bin/python benchmarks/core_bench.py --bodies [--quick]   # request bodies only
+    .venv/bin/python benchmarks/core_bench.py --batching [--quick] # dynamic batching only
 
 Measures, for a 64->256->10 MLP and a 16 MiB tensor (y = 2x): in-process ONNX Runtime;
 MLOS Core over REST JSON, REST binary, gRPC and system shared memory (driven by the real
@@ -14,6 +15,11 @@ Servers run in their own processes; the clients share this one.
 buffer (the default) against a per-request allocation (the same service with
 tensor_pool_mb=0), in alternating blocks, with the server's page faults per request; it
 rewrites only its own section of the output file.
+
+`--batching` (also part of the full run) compares the MLP at concurrency 1, 8 and 32
+without and with dynamic batching: one service, two models from the same file, one of
+them with a Triton config.pbtxt enabling dynamic_batching; binary REST through
+tritonclient. It too rewrites only its own section.
 """
 
 from __future__ import annotations
@@ -488,15 +494,104 @@ def bench_bodies(quick: bool) -> str:
         "Pooled service counters at the end:", "", "```", *metrics, "```", BODIES_END, ""])
 
 
-def splice_bodies(out: Path, section: str) -> None:
-    """Writes the request-body section into `out`, keeping everything else."""
+BATCHING_START, BATCHING_END = "<!-- batching:start -->", "<!-- batching:end -->"
+BATCHING_PBTXT = """platform: "onnxruntime_onnx"
+max_batch_size: 32
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+"""
+
+
+def bench_batching(quick: bool, delay_us: int = 0) -> str:
+    """The MLP with and without dynamic batching, same service, same run."""
+    tmp = Path(tempfile.mkdtemp(prefix="mlos-batching-"))
+    repo = tmp / "models"
+    make_mlp(repo / "mlp" / "1" / "model.onnx")
+    make_mlp(repo / "mlp_batched" / "1" / "model.onnx")
+    (repo / "mlp_batched" / "config.pbtxt").write_text(BATCHING_PBTXT.format(delay_us=delay_us))
+    port = free_port()
+    load_before = os.getloadavg()
+    proc = subprocess.Popen([
+        sys.executable, "-m", "mlos_core", "serve", "--rest-port", str(port),
+        "--no-grpc-enabled", "--model-repository", str(repo), "--sysfs-root", str(tmp),
+        "--log-level", "warning"], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    x = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)
+
+    def client(model: str) -> Callable[[], Callable[[], None]]:
+        def factory() -> Callable[[], None]:
+            c = httpclient.InferenceServerClient(f"127.0.0.1:{port}", concurrency=1)
+            inp = httpclient.InferInput("input", [1, 64], "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            out = [httpclient.InferRequestedOutput("output", binary_data=True)]
+
+            def call() -> None:
+                y = c.infer(model, [inp], outputs=out).as_numpy("output")
+                if y is None or y.shape != (1, 10):
+                    raise RuntimeError("wrong result shape")
+
+            return call
+
+        return factory
+
+    results: dict[tuple[str, int], Result] = {}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready")
+        for c in (1, 8, 32):
+            total = (200 if quick else 2000) * (1 if c == 1 else 2)
+            for label, model in (("no batching", "mlp"), ("dynamic batching", "mlp_batched")):
+                results[(label, c)] = measure(f"MLOS REST binary, {label}", model, c, total,
+                                              client(model))
+        metrics = [line for line in requests.get(f"http://127.0.0.1:{port}/metrics",
+                                                 timeout=10).text.splitlines()
+                   if line.startswith("mlos_batch_")]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    load_after = os.getloadavg()
+    plain32, batched32 = results[("no batching", 32)], results[("dynamic batching", 32)]
+    plain1, batched1 = results[("no batching", 1)], results[("dynamic batching", 1)]
+    speedup = batched32.throughput / plain32.throughput
+    slowdown = batched1.p50 / plain1.p50
+    rows = [f"| {label} | {c} | {fmt(r.p50)} | {fmt(r.pct(0.9))} | {fmt(r.pct(0.99))} | "
+            f"{r.throughput:.1f} | {len(r.latencies)} |"
+            for (label, c), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
+    command = "python benchmarks/core_bench.py --batching" + (" --quick" if quick else "")
+    return "\n".join([
+        BATCHING_START, "## Dynamic batching: the MLP with and without", "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` on "
+        f"{platform.node()} ({os.cpu_count()} CPUs, {platform.python_implementation()} "
+        f"{platform.python_version()}), one `mlos-core serve` process serving the same MLP "
+        "file twice: `mlp` (no config) and `mlp_batched` (config.pbtxt: "
+        f"`max_batch_size: 32`, `dynamic_batching {{ max_queue_delay_microseconds: "
+        f"{delay_us} }}`). tritonclient.http, binary data, batch 1 per request, clients as "
+        f"threads of the benchmark process. 1-minute load average {load_before[0]:.2f} "
+        f"before, {load_after[0]:.2f} after: on a loaded 2-core host the clients, the "
+        "server and other work share the cores, so compare the two rows of one "
+        "concurrency, not absolute figures.", "",
+        "| Target | Measured | Met |", "|---|---|---|",
+        f"| c=32: throughput with batching at least 3x without | {batched32.throughput:.0f}/s "
+        f"vs {plain32.throughput:.0f}/s ({speedup:.2f}x) | {'yes' if speedup >= 3 else 'no'} |",
+        f"| c=1: p50 with batching at most 1.2x without | {fmt(batched1.p50)} vs "
+        f"{fmt(plain1.p50)} ({slowdown:.2f}x) | {'yes' if slowdown <= 1.2 else 'no'} |", "",
+        "| path | concurrency | p50 | p90 | p99 | requests/s | n |",
+        "|---|---|---|---|---|---|---|", *rows, "",
+        "Server counters at the end (executions of the batched model, the requests and "
+        "rows they ran):", "", "```", *metrics, "```", BATCHING_END, ""])
+
+
+def splice(out: Path, section: str, start_mark: str, end_mark: str) -> None:
+    """Writes a section of its own into `out`, keeping everything else."""
     text = out.read_text() if out.exists() else ""
-    start, end = text.find(BODIES_START), text.find(BODIES_END)
-    old = text[start:end + len(BODIES_END) + 1] if start >= 0 and end > start else ""
+    start, end = text.find(start_mark), text.find(end_mark)
+    old = text[start:end + len(end_mark) + 1] if start >= 0 and end > start else ""
     if old:
         out.write_text(text.replace(old, section))
     else:
         out.write_text(text.rstrip("\n") + "\n\n" + section)
+
+
+def splice_bodies(out: Path, section: str) -> None:
+    """Writes the request-body section into `out`, keeping everything else."""
+    splice(out, section, BODIES_START, BODIES_END)
 
 
 def main() -> int:
@@ -504,11 +599,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="about a tenth of the requests")
     parser.add_argument("--bodies", action="store_true",
                         help="only the request-body comparison (its own section of --out)")
+    parser.add_argument("--batching", action="store_true",
+                        help="only the dynamic-batching comparison (its own section of --out)")
+    parser.add_argument("--batch-delay-us", type=int, default=0,
+                        help="max_queue_delay_microseconds of the batched model (default 0)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     if args.bodies:
         splice_bodies(args.out, bench_bodies(args.quick))
         print(f"wrote the request-body section of {args.out}")
+        return 0
+    if args.batching:
+        splice(args.out, bench_batching(args.quick, args.batch_delay_us), BATCHING_START,
+               BATCHING_END)
+        print(f"wrote the dynamic-batching section of {args.out}")
         return 0
     bench = Bench(args.quick)
     bench.start_servers()
@@ -523,6 +627,9 @@ def main() -> int:
     args.out.write_text(bench.report(command))
     if start >= 0 and end > start:  # the request-body section has its own run
         splice_bodies(args.out, previous[start:end + len(BODIES_END) + 1])
+    # Dynamic batching: measured in this run too (its own server, same clients).
+    splice(args.out, bench_batching(args.quick, args.batch_delay_us), BATCHING_START,
+           BATCHING_END)
     print(f"wrote {args.out}")
     return 0
 
