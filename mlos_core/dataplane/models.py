@@ -20,6 +20,9 @@ from ..registry import ImportedFile, ModelRepository, RepositoryModel
 from ..settings import Settings
 from .model_config import ModelIO, backend_config, model_io, select_versions
 
+#: The Triton platform name of a backend, for model configs that name none.
+PLATFORM_NAMES = {"onnxruntime": "onnxruntime_onnx"}
+
 log = logging.getLogger(__name__)
 
 
@@ -223,6 +226,34 @@ class ModelLifecycle:
             return self.backend(name, version).ready and not self.draining
         except ModelNotReadyError:
             return False
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The model's configuration in Triton's JSON form (`/v2/models/{m}/config`): the
+        tensors as served (dims without the batch dimension when max_batch_size > 0) and
+        the scheduling fields of its config."""
+        backend = self.backend(name, version)
+        io = self.served_io(backend)
+        config = backend.source.config
+        lead = 1 if io.max_batch_size else 0
+
+        def tensors(items: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": t.name, "data_type": "TYPE_" + ("STRING" if t.datatype == "BYTES"
+                                                            else t.datatype),
+                     "dims": list(t.shape[lead:])} for t in items]
+
+        out: dict[str, Any] = {
+            "name": name,
+            "platform": config.get("platform") or PLATFORM_NAMES.get(backend.name, ""),
+            "backend": backend.name,
+            "max_batch_size": io.max_batch_size,
+            "input": tensors(io.inputs),
+            "output": tensors(io.outputs),
+        }
+        for key in ("version_policy", "dynamic_batching", "instance_group", "parameters",
+                    "default_model_filename"):
+            if key in config:
+                out[key] = config[key]
+        return out
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         backend = self.backend(name, version)

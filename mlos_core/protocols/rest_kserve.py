@@ -344,12 +344,7 @@ def create_router(plane: DataPlane) -> APIRouter:
     @router.get("/v2/models/{model_name}/config")
     @router.get("/v2/models/{model_name}/versions/{model_version}/config")
     async def model_config(model_name: str, model_version: str | None = None) -> Any:
-        meta = plane.model_metadata(model_name, model_version)
-        dims = [{"name": t["name"], "data_type": "TYPE_" + t["datatype"],
-                 "dims": t["shape"]} for t in meta["inputs"]]
-        outs = [{"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]}
-                for t in meta["outputs"]]
-        return {"name": model_name, "backend": meta["platform"], "input": dims, "output": outs}
+        return plane.model_config(model_name, model_version)
 
     # ---- model repository extension ------------------------------------------------------
     @router.post("/v2/repository/index")

@@ -132,6 +132,10 @@ def test_a_triton_repository_serves_unchanged(triton_server: MLOSServer) -> None
     assert index["mlp"]["reason"] == ""  # everything in its config applied
     meta = http.get_model_metadata("mlp")
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    config = http.get_model_config("mlp")  # Triton's form: dims without the batch
+    assert (config["platform"], config["max_batch_size"]) == ("onnxruntime_onnx", 8)
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
+    assert config["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
 
     x = np.random.default_rng(1).standard_normal((3, 64), dtype=np.float32)
     for client, mod in ((http, httpclient), (grpc, grpcclient)):
