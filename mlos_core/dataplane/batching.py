@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import functools
 import logging
 import threading
 import time
@@ -95,16 +94,21 @@ class DynamicBatcher:
             if self._rows >= self._target or len(self._queue) == 1:
                 self._cond.notify()
         # A cancelled request gives its rows back, so it never makes a batch look full.
-        future.add_done_callback(functools.partial(self._cancelled, pending))
+        # (A bound method, not a closure over `pending`: future -> callback -> pending ->
+        # future would be a reference cycle holding the request's pooled body buffer
+        # until a garbage collection.)
+        future.add_done_callback(self._cancelled)
         return future
 
-    def _cancelled(self, pending: Pending,
-                   future: concurrent.futures.Future[InferResponse]) -> None:
-        if future.cancelled():
-            with self._cond:
-                if pending in self._queue:
+    def _cancelled(self, future: concurrent.futures.Future[InferResponse]) -> None:
+        if not future.cancelled():
+            return
+        with self._cond:
+            for pending in self._queue:
+                if pending.future is future:
                     self._queue.remove(pending)
                     self._rows -= pending.rows
+                    return
 
     @property
     def queued(self) -> int:
@@ -169,6 +173,21 @@ class DynamicBatcher:
                 self._execute(batch)
             except BaseException as exc:  # never leave a request without an answer
                 log.exception("batch of model %s failed", self.model)
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                _fail_all(batch, exc)
+            # Not kept while waiting for the next batch: the requests hold their bodies.
+            del batch
+
+
+def _fail_all(batch: list[Pending], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(detached(exc))
+
+
+def detached(exc: BaseException) -> BaseException:
+    """`exc` without its traceback and chained exceptions: their frames hold the batch
+    (every request's arrays, pooled body buffers among them), and a future holding the
+    exception would keep them in a reference cycle until a garbage collection."""
+    exc.__traceback__ = None
+    exc.__context__ = exc.__cause__ = None
+    return exc

@@ -28,7 +28,7 @@ from ..protocols.shm import SharedMemoryRegistry
 from ..settings import Settings
 from ..tensors import DTYPES, datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
 from .admission import Admission, Slot
-from .batching import DynamicBatcher, Pending
+from .batching import DynamicBatcher, Pending, detached
 from .model_config import ModelIO
 from .types import InferRequest, InferResponse, InputTensor, OutputTensor, ShmRef
 
@@ -337,7 +337,7 @@ class TensorInference:
         """A batched request's failure (statistics: its failure)."""
         self.metrics.failure(pending.request.model, pending.request.protocol,
                              type(exc).__name__)
-        pending.future.set_exception(exc)
+        pending.future.set_exception(detached(exc))
 
     def _measure(self, key: int, spent: float, nbytes: int) -> None:
         previous = self._compute_ewma.get(key)

@@ -11,9 +11,11 @@ how many requests it sends, never by how fast they arrive."""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from core_fixtures import make_settings
 from core_models import make_lookup, make_mlp, make_scale, mlp_reference
 from tritonclient.utils import InferenceServerException
 
+from mlos_core.pools import REQUEST
 from mlos_core.server import MLOSServer
 
 DELAY_US = 5_000_000  # far longer than any batch takes to arrive
@@ -233,3 +236,30 @@ def test_unloading_fails_queued_requests_instead_of_leaving_them(
     assert isinstance(results[0], InferenceServerException)
     assert "unloaded" in str(results[0])
     assert _batches(server, "pair") == (0, 0, 0)
+
+
+def test_pooled_bodies_come_back_after_a_batch(start: Callable[..., MLOSServer]) -> None:
+    """Binary REST bodies are read into pool buffers and the batch holds views of them:
+    every buffer is back once the batch is answered, by reference counting alone (the
+    garbage collector is off: a reference cycle would keep one out)."""
+    server = start()
+    pool = server.plane.kernel.request_pool
+    assert pool is not None
+    gc.disable()
+    try:
+        rng = np.random.default_rng(5)
+        xs = [rng.standard_normal((1, 64), dtype=np.float32) for _ in range(3)]
+        calls = [_infer(server, "http", "mlp", "input", x, "output") for x in xs]
+        calls.append(_infer(server, "http", "mlp", "input", np.zeros((1, 64)), "output"))
+        results = _together(calls)
+        assert isinstance(results[3], InferenceServerException)  # FP64: failed alone
+        for x, y in zip(xs, results[:3], strict=True):
+            np.testing.assert_allclose(y, mlp_reference(x), rtol=1e-4, atol=1e-5)
+        assert _batches(server, "mlp") == (1, 3, 3)
+        assert pool.purpose_stats(REQUEST)["acquired"] == 4
+        deadline = time.monotonic() + 5  # the batch thread lets go just after answering
+        while pool.in_use_bytes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.in_use_bytes == 0
+    finally:
+        gc.enable()
