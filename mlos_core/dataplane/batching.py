@@ -17,6 +17,7 @@ validation fails alone, and a result is set only on its own future.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import logging
@@ -57,15 +58,23 @@ class DynamicBatcher:
         batching: Batching,
         execute: Callable[[list[Pending]], None],
         thread_started: Callable[[], None] = lambda: None,
+        run_here: Callable[[list[Pending]], bool] | None = None,
     ) -> None:
         self.model = model
         self.batching = batching
         self._execute = execute
+        #: Whether a batch gathered on an event loop may run right there (a model measured
+        #: faster than the thread hand-off; only without a queue delay).
+        self._run_here = run_here if batching.max_delay_s == 0 else None
+        self._busy = 0  # batches the instance threads are running
         self._thread_started = thread_started
         self._queue: collections.deque[Pending] = collections.deque()
         self._rows = 0  # rows of the requests queued and not cancelled (approximately)
         self._cond = threading.Condition()
         self._closed = False
+        #: Requests submitted from an event loop, joining the queue at the end of the
+        #: loop's current iteration (per loop).
+        self._gathered: dict[asyncio.AbstractEventLoop, list[Pending]] = {}
         top = max(batching.preferred) if batching.preferred else batching.max_batch_size
         self._target = min(top, batching.max_batch_size)
         self._threads = [
@@ -76,29 +85,80 @@ class DynamicBatcher:
             thread.start()
 
     # ---- the request side --------------------------------------------------------------
-    def submit(self, request: InferRequest) -> concurrent.futures.Future[InferResponse]:
+    def submit(self, request: InferRequest, loop: asyncio.AbstractEventLoop | None = None,
+               ) -> concurrent.futures.Future[InferResponse]:
         """Queue a request (statistics: its "queued" moment). Raises InvalidInputError
-        for more rows than max_batch_size, ServerBusyError once closed."""
+        for more rows than max_batch_size, ServerBusyError once closed.
+
+        From an event loop (`loop`), requests that reach the data plane in the same loop
+        iteration join the queue together, once that iteration's work is done: one lock
+        and one wake-up for all of them, so they make one batch even with no queue delay
+        (otherwise the batch thread would wake for the first and run it alone)."""
         rows = request_rows(request)
         if rows > self.batching.max_batch_size:
             raise InvalidInputError(
                 f"batch size {rows} exceeds the model's max_batch_size "
                 f"{self.batching.max_batch_size}")
+        if self._closed:
+            raise ServerBusyError(f"model {self.model!r} is unloading; retry")
         future: concurrent.futures.Future[InferResponse] = concurrent.futures.Future()
         pending = Pending(request, future, time.perf_counter(), rows)
-        with self._cond:
-            if self._closed:
-                raise ServerBusyError(f"model {self.model!r} is unloading; retry")
-            self._queue.append(pending)
-            self._rows += rows
-            if self._rows >= self._target or len(self._queue) == 1:
-                self._cond.notify()
         # A cancelled request gives its rows back, so it never makes a batch look full.
         # (A bound method, not a closure over `pending`: future -> callback -> pending ->
         # future would be a reference cycle holding the request's pooled body buffer
         # until a garbage collection.)
         future.add_done_callback(self._cancelled)
+        if loop is None:
+            self._enqueue([pending])
+            return future
+        gathered = self._gathered.get(loop)
+        if gathered is None:  # only this loop's thread touches its list
+            gathered = self._gathered[loop] = []
+            loop.call_soon(self._flush, loop)
+        gathered.append(pending)
         return future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        gathered = [p for p in self._gathered.pop(loop, ()) if not p.future.cancelled()]
+        if self._run_here is not None and gathered and self._run_here(gathered):
+            with self._cond:
+                idle = not self._queue and not self._busy and not self._closed
+            if idle:
+                # Nothing queued before them and nothing running: the whole gathered set
+                # runs here, in batches of at most max_batch_size rows, with no thread
+                # hand-off (the inline path of a tiny model, batched).
+                self._run_inline(gathered)
+                return
+        self._enqueue(gathered)
+
+    def _run_inline(self, gathered: list[Pending]) -> None:
+        batch: list[Pending] = []
+        rows = 0
+        for pending in gathered:
+            if batch and rows + pending.rows > self.batching.max_batch_size:
+                self._execute_now(batch)
+                batch, rows = [], 0
+            if pending.future.set_running_or_notify_cancel():
+                batch.append(pending)
+                rows += pending.rows
+        if batch:
+            self._execute_now(batch)
+
+    def _execute_now(self, batch: list[Pending]) -> None:
+        try:
+            self._execute(batch)
+        except BaseException as exc:  # never leave a request without an answer
+            log.exception("batch of model %s failed", self.model)
+            _fail_all(batch, exc)
+
+    def _enqueue(self, pending: list[Pending]) -> None:
+        with self._cond:
+            if not self._closed:
+                self._queue.extend(pending)
+                self._rows += sum(p.rows for p in pending)
+                self._cond.notify()
+                return
+        _fail_all(pending, ServerBusyError(f"model {self.model!r} was unloaded; retry"))
 
     def _cancelled(self, future: concurrent.futures.Future[InferResponse]) -> None:
         if not future.cancelled():
@@ -159,6 +219,7 @@ class DynamicBatcher:
                     taken += pending.rows
             if self._queue:
                 self._cond.notify()  # another instance may take the rest
+            self._busy += 1
             return batch
 
     def _loop(self) -> None:
@@ -167,13 +228,10 @@ class DynamicBatcher:
             batch = self._take()
             if batch is None:
                 return
-            if not batch:
-                continue
-            try:
-                self._execute(batch)
-            except BaseException as exc:  # never leave a request without an answer
-                log.exception("batch of model %s failed", self.model)
-                _fail_all(batch, exc)
+            if batch:
+                self._execute_now(batch)
+            with self._cond:
+                self._busy -= 1
             # Not kept while waiting for the next batch: the requests hold their bodies.
             del batch
 

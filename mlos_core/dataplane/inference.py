@@ -80,7 +80,8 @@ class TensorInference:
             self._batchers[id(backend)] = DynamicBatcher(
                 backend.source.name, io.batching,
                 functools.partial(self._run_batch, backend, io),
-                self.kernel.inference_thread_started)
+                self.kernel.inference_thread_started,
+                functools.partial(self._batch_inline, backend))
 
     def served_io(self, backend: Backend) -> ModelIO:
         return self._io.get(id(backend)) or ModelIO.of(backend)
@@ -95,6 +96,15 @@ class TensorInference:
             return False
         ewma, largest = measured
         return ewma < self._inline_s and request_bytes(request) <= largest
+
+    def _batch_inline(self, backend: Backend, batch: list[Pending]) -> bool:
+        """_inline for a batch gathered on the event loop: the model's batch executions
+        measured faster than the hand-off, and no larger than those measured."""
+        measured = self._compute_ewma.get(id(backend))
+        if measured is None:
+            return False
+        ewma, largest = measured
+        return ewma < self._inline_s and sum(request_bytes(p.request) for p in batch) <= largest
 
     def _run_inline(self, backend: Backend, request: InferRequest) -> InferResponse:
         slot = self.admission.admit()
@@ -116,12 +126,13 @@ class TensorInference:
         return future, slot
 
     def _queue(
-        self, batcher: DynamicBatcher, request: InferRequest
+        self, batcher: DynamicBatcher, request: InferRequest,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> tuple[concurrent.futures.Future[InferResponse], Slot]:
         """Into the model's batch queue, under the same admission as unbatched work."""
         slot = self.admission.admit()
         try:
-            future = batcher.submit(request)
+            future = batcher.submit(request, loop)
         except BaseException:
             slot.release()
             raise
@@ -151,7 +162,7 @@ class TensorInference:
         try:
             batcher = self._batchers.get(id(backend))
             if batcher is not None:
-                future, slot = self._queue(batcher, request)
+                future, slot = self._queue(batcher, request, asyncio.get_running_loop())
             elif self._inline(backend, request):
                 return self._run_inline(backend, request)
             else:
@@ -311,6 +322,8 @@ class TensorInference:
             return
         compute_done = time.perf_counter()
         self.kernel.computed(id(backend), backend.source.name)
+        self._measure(id(backend), compute_done - compute_started,
+                      sum(request_bytes(pending.request) for pending, _ in group))
         self.metrics.batch(backend.source.name, len(group), sum(rows))
         offset = 0
         for (pending, _), count in zip(group, rows, strict=True):

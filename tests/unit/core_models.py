@@ -54,6 +54,30 @@ def make_mlp(path: Path, seed: int = 0) -> Path:
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
 
 
+def make_wide_mlp(path: Path, width: int = 1024, seed: int = 0) -> Path:
+    """64 -> width -> width (ReLU each) -> 10, "input" FP32 [-1, 64] -> "output" [-1, 10]:
+    a model whose compute, not the transport, dominates a request (benchmarks)."""
+    rng = np.random.default_rng(seed)
+    sizes = [(64, width), (width, width), (width, 10)]
+    inits, nodes, last = [], [], "input"
+    for i, (rows, cols) in enumerate(sizes):
+        w = rng.standard_normal((rows, cols), dtype=np.float32) * 0.05
+        b = rng.standard_normal(cols, dtype=np.float32) * 0.05
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        out = "output" if i == len(sizes) - 1 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [last, f"w{i}", f"b{i}"], [out]))
+        if out != "output":
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            last = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "wide_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
 def make_double(path: Path) -> Path:
     """y = 2x on a 1-D FP32 tensor of any length ("x" -> "y")."""
     two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")

@@ -58,6 +58,10 @@ def _repository(root: Path, kind: str = "pbtxt") -> Path:
     (root / "lookup" / name).write_text(write(4))
     make_scale(root / "pair" / "1" / "model.onnx", [3])
     (root / "pair" / name).write_text(write(2))
+    make_mlp(root / "nodelay" / "1" / "model.onnx")  # batches whatever queued meanwhile
+    (root / "nodelay" / name).write_text(
+        "max_batch_size: 4\ndynamic_batching {}\n" if kind == "pbtxt" else
+        "max_batch_size: 4\ndynamic_batching: {}\n")
     return root
 
 
@@ -263,3 +267,25 @@ def test_pooled_bodies_come_back_after_a_batch(start: Callable[..., MLOSServer])
         assert pool.in_use_bytes == 0
     finally:
         gc.enable()
+
+
+def test_without_a_queue_delay(start: Callable[..., MLOSServer]) -> None:
+    """No delay: a batch is what queued (or reached the event loop together) meanwhile,
+    run on the loop itself once the model is measured tiny. How requests group is up to
+    their timing; that every one is answered right, and alone when malformed, is not."""
+    server = start()
+    rng = np.random.default_rng(13)
+    for round_ in range(3):  # the first rounds measure the model; later ones run inline
+        xs = [rng.standard_normal((1 + i % 2, 64), dtype=np.float32) for i in range(10)]
+        calls = [_infer(server, "http" if i % 3 else "grpc", "nodelay", "input", x, "output")
+                 for i, x in enumerate(xs)]
+        calls.append(_infer(server, "http", "nodelay", "input", np.zeros((1, 63), np.float32),
+                            "output"))
+        results = _together(calls)
+        assert isinstance(results[-1], InferenceServerException)  # [1, 63]: alone
+        for x, y in zip(xs, results[:-1], strict=True):
+            assert isinstance(y, np.ndarray), y
+            np.testing.assert_allclose(y, mlp_reference(x), rtol=1e-4, atol=1e-5)
+        executions, requests_run, rows = _batches(server, "nodelay")
+        assert requests_run == 10 * (round_ + 1) and rows == 15 * (round_ + 1)
+        assert executions <= requests_run
