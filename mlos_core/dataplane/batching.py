@@ -13,6 +13,19 @@ group of compatible requests, split), so while one batch computes the next one f
 Every request keeps its own future: a request cancelled or timed out while queued is
 skipped when the batch is taken (it never runs, it holds no rows), one that fails
 validation fails alone, and a result is set only on its own future.
+
+Where per-request and per-execution statistics belong (Triton's statistics extension):
+    queued            DynamicBatcher.submit (Pending.queued_at)
+    cancelled         DynamicBatcher._cancelled; the timeout is TensorInference._timed_out
+    one execution     TensorInference._execute, after the model ran (metrics.batch: one
+                      execution of sum(rows) rows for len(group) requests)
+    compute start/end TensorInference._execute's compute_started / compute_done, shared
+                      by every request of that execution (queue time: started -
+                      Pending.queued_at)
+    output done       TensorInference._execute, where a request's future gets its response
+                      (after _respond wrote its outputs; metrics.record)
+    failure           TensorInference._batch_failed (validation, the model, the split, a
+                      shared-memory write) and _fail_all (unloading, unexpected errors)
 """
 
 from __future__ import annotations
