@@ -289,3 +289,34 @@ def test_without_a_queue_delay(start: Callable[..., MLOSServer]) -> None:
         executions, requests_run, rows = _batches(server, "nodelay")
         assert requests_run == 10 * (round_ + 1) and rows == 15 * (round_ + 1)
         assert executions <= requests_run
+
+
+def test_queued_requests_hold_their_admission_slots(start: Callable[..., MLOSServer]) -> None:
+    """max_concurrency counts requests waiting in a batch queue: with two queued (the batch
+    wants four rows), a third is refused at once (503), and both slots come back when the
+    queued ones are answered (here: the model unloads under them)."""
+    server = start(max_concurrency=2)
+    ones = np.ones((1, 64), np.float32)
+    waiting = [_infer(server, "http", "mlp", "input", ones, "output") for _ in range(2)]
+    out: list[Any] = []
+    threads = [threading.Thread(target=lambda c=c: out.append(_catch(c))) for c in waiting]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while server.plane.in_flight < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.plane.in_flight == 2
+    with pytest.raises(InferenceServerException, match="max_concurrency"):
+        _infer(server, "grpc", "mlp", "input", ones, "output")()
+    httpclient.InferenceServerClient(server.url).unload_model("mlp")
+    for thread in threads:
+        thread.join(30)
+    assert len(out) == 2 and all(isinstance(r, InferenceServerException) for r in out)
+    assert server.plane.in_flight == 0
+
+
+def _catch(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as exc:
+        return exc
