@@ -7,12 +7,13 @@ queued rows (dim 0 of each request) reach the largest preferred batch size (or
 max_batch_size when none is preferred), or when the oldest request has waited
 max_queue_delay; it holds at most max_batch_size rows, and the largest preferred size
 reached when there are preferred sizes. Each of `instances` threads takes a batch and runs
-it (TensorInference._run_batch: per-request validation, merge, one model execution per
-group of compatible requests, split), so while one batch computes the next one fills.
+it (TensorInference._run_batch: merge, one model execution per group of compatible
+requests, split), so while one batch computes the next one fills. Requests are validated
+before they queue and their responses are built after, both on the receiving thread.
 
 Every request keeps its own future: a request cancelled or timed out while queued is
 skipped when the batch is taken (it never runs, it holds no rows), one that fails
-validation fails alone, and a result is set only on its own future.
+validation never queues, and a result is set only on its own future.
 
 Where per-request and per-execution statistics belong (Triton's statistics extension):
     queued            DynamicBatcher.submit (Pending.queued_at)
@@ -20,12 +21,12 @@ Where per-request and per-execution statistics belong (Triton's statistics exten
     one execution     TensorInference._execute, after the model ran (metrics.batch: one
                       execution of sum(rows) rows for len(group) requests)
     compute start/end TensorInference._execute's compute_started / compute_done, shared
-                      by every request of that execution (queue time: started -
-                      Pending.queued_at)
-    output done       TensorInference._execute, where a request's future gets its response
-                      (after _respond wrote its outputs; metrics.record)
-    failure           TensorInference._batch_failed (validation, the model, the split, a
-                      shared-memory write) and _fail_all (unloading, unexpected errors)
+                      by every request of that execution (Computed.queue_s, compute_s)
+    output done       TensorInference._batched_response (the request's outputs framed,
+                      shared memory written; metrics.record: a success)
+    failure           TensorInference._queue (validation), _batch_failed (the model, the
+                      split), _fail_all (unloading, unexpected errors), and the
+                      transports' infer wrappers, which count every failure once
 """
 
 from __future__ import annotations
@@ -38,22 +39,40 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from ..errors import InvalidInputError, ServerBusyError
 from .model_config import Batching
-from .types import InferRequest, InferResponse
+from .types import InferRequest
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False, slots=True)
 class Pending:
-    """One queued request. `rows` is its dim 0 (its share of the batch)."""
+    """One queued request, validated: `arrays` are the inputs the model gets, `names` the
+    outputs it asked for, `rows` its dim 0 (its share of the batch), `key` what a batch
+    mate must share (non-batch shapes, datatypes, outputs)."""
 
     request: InferRequest
-    future: concurrent.futures.Future[InferResponse]
+    future: concurrent.futures.Future[Computed]
     queued_at: float
     rows: int
+    arrays: dict[str, np.ndarray]
+    names: list[str]
+    key: tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class Computed:
+    """A batched request's rows of the batch's outputs, and its queue and compute time."""
+
+    names: list[str]
+    outputs: dict[str, np.ndarray]
+    queue_s: float
+    compute_s: float
 
 
 def request_rows(request: InferRequest) -> int:
@@ -98,8 +117,9 @@ class DynamicBatcher:
             thread.start()
 
     # ---- the request side --------------------------------------------------------------
-    def submit(self, request: InferRequest, loop: asyncio.AbstractEventLoop | None = None,
-               ) -> concurrent.futures.Future[InferResponse]:
+    def submit(self, request: InferRequest, arrays: dict[str, np.ndarray], names: list[str],
+               loop: asyncio.AbstractEventLoop | None = None,
+               ) -> concurrent.futures.Future[Computed]:
         """Queue a request (statistics: its "queued" moment). Raises InvalidInputError
         for more rows than max_batch_size, ServerBusyError once closed.
 
@@ -114,8 +134,10 @@ class DynamicBatcher:
                 f"{self.batching.max_batch_size}")
         if self._closed:
             raise ServerBusyError(f"model {self.model!r} is unloading; retry")
-        future: concurrent.futures.Future[InferResponse] = concurrent.futures.Future()
-        pending = Pending(request, future, time.perf_counter(), rows)
+        future: concurrent.futures.Future[Computed] = concurrent.futures.Future()
+        key = (tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(arrays.items())),
+               tuple(names))
+        pending = Pending(request, future, time.perf_counter(), rows, arrays, names, key)
         # A cancelled request gives its rows back, so it never makes a batch look full.
         # (A bound method, not a closure over `pending`: future -> callback -> pending ->
         # future would be a reference cycle holding the request's pooled body buffer
@@ -173,7 +195,7 @@ class DynamicBatcher:
                 return
         _fail_all(pending, ServerBusyError(f"model {self.model!r} was unloaded; retry"))
 
-    def _cancelled(self, future: concurrent.futures.Future[InferResponse]) -> None:
+    def _cancelled(self, future: concurrent.futures.Future[Computed]) -> None:
         if not future.cancelled():
             return
         with self._cond:

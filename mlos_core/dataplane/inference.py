@@ -28,7 +28,7 @@ from ..protocols.shm import SharedMemoryRegistry
 from ..settings import Settings
 from ..tensors import DTYPES, datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
 from .admission import Admission, Slot
-from .batching import DynamicBatcher, Pending, detached
+from .batching import Computed, DynamicBatcher, Pending, detached
 from .model_config import ModelIO
 from .types import InferRequest, InferResponse, InputTensor, OutputTensor, ShmRef
 
@@ -126,18 +126,33 @@ class TensorInference:
         return future, slot
 
     def _queue(
-        self, batcher: DynamicBatcher, request: InferRequest,
+        self, batcher: DynamicBatcher, backend: Backend, io: ModelIO, request: InferRequest,
         loop: asyncio.AbstractEventLoop | None = None,
-    ) -> tuple[concurrent.futures.Future[InferResponse], Slot]:
-        """Into the model's batch queue, under the same admission as unbatched work."""
+    ) -> tuple[concurrent.futures.Future[Computed], Slot]:
+        """Into the model's batch queue, under the same admission as unbatched work.
+        Validated here, on the receiving thread: a malformed request fails alone before
+        it is queued, and the batch thread does nothing per request but merge and split
+        (its Python work would compete with the event loop for the GIL)."""
         slot = self.admission.admit()
         try:
-            future = batcher.submit(request, loop)
+            arrays = self._validated_inputs(backend, request, io)
+            names = self._output_names(request, io)
+            future = batcher.submit(request, arrays, names, loop)
         except BaseException:
             slot.release()
             raise
         future.add_done_callback(slot.release)
         return future, slot
+
+    def _batched_response(self, backend: Backend, io: ModelIO, request: InferRequest,
+                          computed: Computed) -> InferResponse:
+        """A batched request's response from its rows of the batch, on the receiving
+        thread (statistics: its output done; success)."""
+        response = self._respond(backend, io, request, computed.names, computed.outputs,
+                                 False)
+        self.metrics.record(request.model, request.protocol, computed.queue_s,
+                            computed.compute_s)
+        return response
 
     def _timed_out(self, future: concurrent.futures.Future[Any], slot: Slot) -> MLOSError:
         # Work not started yet never starts; the slot is free for the next request now.
@@ -162,11 +177,18 @@ class TensorInference:
         try:
             batcher = self._batchers.get(id(backend))
             if batcher is not None:
-                future, slot = self._queue(batcher, request, asyncio.get_running_loop())
-            elif self._inline(backend, request):
+                io = self.served_io(backend)
+                batched, slot = self._queue(batcher, backend, io, request,
+                                            asyncio.get_running_loop())
+                try:
+                    computed = await asyncio.wait_for(
+                        asyncio.wrap_future(batched), self.settings.request_timeout_s)
+                except asyncio.TimeoutError:
+                    raise self._timed_out(batched, slot) from None
+                return self._batched_response(backend, io, request, computed)
+            if self._inline(backend, request):
                 return self._run_inline(backend, request)
-            else:
-                future, slot = self._submit(request, backend)
+            future, slot = self._submit(request, backend)
             try:
                 return await asyncio.wait_for(
                     asyncio.wrap_future(future), self.settings.request_timeout_s
@@ -185,11 +207,16 @@ class TensorInference:
         try:
             batcher = self._batchers.get(id(backend))
             if batcher is not None:
-                future, slot = self._queue(batcher, request)
-            elif self._inline(backend, request):
+                io = self.served_io(backend)
+                batched, slot = self._queue(batcher, backend, io, request)
+                try:
+                    computed = batched.result(self.settings.request_timeout_s)
+                except concurrent.futures.TimeoutError:
+                    raise self._timed_out(batched, slot) from None
+                return self._batched_response(backend, io, request, computed)
+            if self._inline(backend, request):
                 return self._run_inline(backend, request)
-            else:
-                future, slot = self._submit(request, backend)
+            future, slot = self._submit(request, backend)
             try:
                 return future.result(self.settings.request_timeout_s)
             except concurrent.futures.TimeoutError:
@@ -276,80 +303,63 @@ class TensorInference:
 
     # ---- dynamic batching ----------------------------------------------------------------
     def _run_batch(self, backend: Backend, io: ModelIO, batch: list[Pending]) -> None:
-        """One batch taken from a model's queue (on its batcher thread). Each request is
-        validated alone (a malformed one fails alone); the rest run as one model execution
-        per group of requests with the same non-batch shapes, datatypes and outputs."""
+        """One batch taken from a model's queue: one model execution per group of
+        requests with the same non-batch shapes, datatypes and outputs."""
         started = time.perf_counter()
-        groups: dict[tuple[Any, ...], list[tuple[Pending, dict[str, np.ndarray]]]] = {}
-        names_of: dict[tuple[Any, ...], list[str]] = {}
+        groups: dict[tuple[Any, ...], list[Pending]] = {}
         for pending in batch:
-            try:
-                arrays = self._validated_inputs(backend, pending.request, io)
-                names = self._output_names(pending.request, io)
-            except MLOSError as exc:
-                self._batch_failed(pending, exc)
-                continue
-            key = (tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(arrays.items())),
-                   tuple(names))
-            groups.setdefault(key, []).append((pending, arrays))
-            names_of[key] = names
-        for key, group in groups.items():
-            self._execute(backend, io, group, names_of[key], started)
+            groups.setdefault(pending.key, []).append(pending)
+        for group in groups.values():
+            self._execute(backend, group, started)
 
-    def _execute(self, backend: Backend, io: ModelIO,
-                 group: list[tuple[Pending, dict[str, np.ndarray]]], names: list[str],
-                 started: float) -> None:
+    def _execute(self, backend: Backend, group: list[Pending], started: float) -> None:
         """One model execution for `group`, its outputs split back per request
-        (statistics: one execution of `rows` rows; per request, compute start and end
-        are this execution's, output done after its _respond)."""
-        rows = [pending.rows for pending, _ in group]
+        (statistics: one execution of sum(rows) rows; per request, compute start and end
+        are this execution's)."""
+        names = group[0].names
+        total = sum(pending.rows for pending in group)
         if len(group) == 1:
-            merged = group[0][1]  # alone: its own arrays, no copy
+            merged = group[0].arrays  # alone: its own arrays, no copy
         else:
-            merged = {name: np.concatenate([arrays[name] for _, arrays in group])
-                      for name in group[0][1]}
+            merged = {name: np.concatenate([pending.arrays[name] for pending in group])
+                      for name in group[0].arrays}
         compute_started = time.perf_counter()
         try:
             results = self._compute(backend, merged, names)
         except MLOSError as exc:
             if len(group) > 1 and isinstance(exc, InvalidInputError):
                 # The model rejected values in one of them: each alone, so only that one fails.
-                for member in group:
-                    self._execute(backend, io, [member], names, started)
+                for pending in group:
+                    self._execute(backend, [pending], started)
                 return
-            for pending, _ in group:
+            for pending in group:
                 self._batch_failed(pending, exc)
             return
         compute_done = time.perf_counter()
         self.kernel.computed(id(backend), backend.source.name)
         self._measure(id(backend), compute_done - compute_started,
-                      sum(request_bytes(pending.request) for pending, _ in group))
-        self.metrics.batch(backend.source.name, len(group), sum(rows))
+                      sum(request_bytes(pending.request) for pending in group))
+        self.metrics.batch(backend.source.name, len(group), total)
+        for name in names:
+            whole = results[name]
+            if whole.ndim == 0 or whole.shape[0] != total:
+                error = InvalidInputError(
+                    f"output {name!r} of shape {list(whole.shape)} has no batch dimension "
+                    f"of {total} rows; the model cannot be batched")
+                for pending in group:
+                    self._batch_failed(pending, error)
+                return
         offset = 0
-        for (pending, _), count in zip(group, rows, strict=True):
-            request = pending.request
-            try:
-                part = {}
-                for name in names:
-                    whole = results[name]
-                    if whole.ndim == 0 or whole.shape[0] != sum(rows):
-                        raise InvalidInputError(
-                            f"output {name!r} of shape {list(whole.shape)} has no batch "
-                            f"dimension of {sum(rows)} rows; the model cannot be batched")
-                    part[name] = whole[offset:offset + count]
-                response = self._respond(backend, io, request, names, part, False)
-            except MLOSError as exc:
-                self._batch_failed(pending, exc)
-            else:
-                self.metrics.record(request.model, request.protocol,
-                                    started - pending.queued_at, compute_done - compute_started)
-                pending.future.set_result(response)
-            offset += count
+        for pending in group:
+            part = {name: results[name][offset:offset + pending.rows] for name in names}
+            offset += pending.rows
+            pending.future.set_result(Computed(
+                names, part, started - pending.queued_at, compute_done - compute_started))
 
-    def _batch_failed(self, pending: Pending, exc: MLOSError) -> None:
-        """A batched request's failure (statistics: its failure)."""
-        self.metrics.failure(pending.request.model, pending.request.protocol,
-                             type(exc).__name__)
+    @staticmethod
+    def _batch_failed(pending: Pending, exc: MLOSError) -> None:
+        """A batched request's failure in its batch (statistics: its failure; the
+        transport-facing infer counts it in /metrics)."""
         pending.future.set_exception(detached(exc))
 
     def _measure(self, key: int, spent: float, nbytes: int) -> None:

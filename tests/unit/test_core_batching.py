@@ -146,15 +146,15 @@ def test_different_shapes_are_not_merged(start: Callable[..., MLOSServer]) -> No
 def test_a_bad_request_fails_alone(start: Callable[..., MLOSServer]) -> None:
     server = start()
     rng = np.random.default_rng(3)
-    good = [rng.standard_normal((1, 64), dtype=np.float32) for _ in range(3)]
-    bad = np.zeros((1, 64), np.float64)  # FP64 for an FP32 input
+    good = [rng.standard_normal((1, 64), dtype=np.float32) for _ in range(4)]
+    bad = np.zeros((1, 64), np.float64)  # FP64 for an FP32 input: refused before it queues
     calls = [_infer(server, "http", "mlp", "input", x, "output") for x in (*good[:2], bad)]
-    calls.append(_infer(server, "grpc", "mlp", "input", good[2], "output"))
+    calls += [_infer(server, "grpc", "mlp", "input", x, "output") for x in good[2:]]
     results = _together(calls)
     assert isinstance(results[2], InferenceServerException) and "FP32" in str(results[2])
-    for x, y in zip(good, (results[0], results[1], results[3]), strict=True):
+    for x, y in zip(good, (*results[:2], *results[3:]), strict=True):
         np.testing.assert_allclose(y, mlp_reference(x), rtol=1e-4, atol=1e-5)
-    assert _batches(server, "mlp") == (1, 3, 3)
+    assert _batches(server, "mlp") == (1, 4, 4)
 
     # A value the model itself rejects (an index out of range) fails only its request:
     # the batch is rerun one request at a time.
@@ -252,15 +252,15 @@ def test_pooled_bodies_come_back_after_a_batch(start: Callable[..., MLOSServer])
     gc.disable()
     try:
         rng = np.random.default_rng(5)
-        xs = [rng.standard_normal((1, 64), dtype=np.float32) for _ in range(3)]
+        xs = [rng.standard_normal((1, 64), dtype=np.float32) for _ in range(4)]
         calls = [_infer(server, "http", "mlp", "input", x, "output") for x in xs]
         calls.append(_infer(server, "http", "mlp", "input", np.zeros((1, 64)), "output"))
         results = _together(calls)
-        assert isinstance(results[3], InferenceServerException)  # FP64: failed alone
-        for x, y in zip(xs, results[:3], strict=True):
+        assert isinstance(results[4], InferenceServerException)  # FP64: failed alone
+        for x, y in zip(xs, results[:4], strict=True):
             np.testing.assert_allclose(y, mlp_reference(x), rtol=1e-4, atol=1e-5)
-        assert _batches(server, "mlp") == (1, 3, 3)
-        assert pool.purpose_stats(REQUEST)["acquired"] == 4
+        assert _batches(server, "mlp") == (1, 4, 4)
+        assert pool.purpose_stats(REQUEST)["acquired"] == 5
         deadline = time.monotonic() + 5  # the batch thread lets go just after answering
         while pool.in_use_bytes and time.monotonic() < deadline:
             time.sleep(0.01)
