@@ -50,21 +50,6 @@ from .types import InferRequest
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False, slots=True)
-class Pending:
-    """One queued request, validated: `arrays` are the inputs the model gets, `names` the
-    outputs it asked for, `rows` its dim 0 (its share of the batch), `key` what a batch
-    mate must share (non-batch shapes, datatypes, outputs)."""
-
-    request: InferRequest
-    future: concurrent.futures.Future[Computed]
-    queued_at: float
-    rows: int
-    arrays: dict[str, np.ndarray]
-    names: list[str]
-    key: tuple[Any, ...]
-
-
 @dataclass(slots=True)
 class Computed:
     """A batched request's rows of the batch's outputs, and its queue and compute time."""
@@ -73,6 +58,59 @@ class Computed:
     outputs: dict[str, np.ndarray]
     queue_s: float
     compute_s: float
+
+
+#: A request's answer: a concurrent future for blocking callers (gRPC threads), an asyncio
+#: future for event-loop callers (no cross-thread hand-off when the loop runs the batch).
+Answer = concurrent.futures.Future[Computed] | asyncio.Future[Computed]
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    """One queued request, validated: `arrays` are the inputs the model gets, `names` the
+    outputs it asked for, `rows` its dim 0 (its share of the batch), `key` what a batch
+    mate must share (non-batch shapes, datatypes, outputs)."""
+
+    request: InferRequest
+    future: Answer
+    queued_at: float
+    rows: int
+    arrays: dict[str, np.ndarray]
+    names: list[str]
+    key: tuple[Any, ...]
+    #: For an event-loop caller (`future` an asyncio future): its loop and that loop's
+    #: thread, where the answer is set directly; any other thread hands it over.
+    loop: asyncio.AbstractEventLoop | None = None
+    loop_thread: int = 0
+
+    def start(self) -> bool:
+        """False when cancelled (timed out) while queued: it must not run."""
+        if isinstance(self.future, concurrent.futures.Future):
+            return self.future.set_running_or_notify_cancel()
+        return not self.future.done()
+
+    def finish(self, result: Computed | None, exc: BaseException | None = None) -> None:
+        """Answers the request (a result or `exc`), from whichever thread ran it."""
+        future = self.future
+        if isinstance(future, concurrent.futures.Future):
+            if exc is None:
+                future.set_result(result)  # type: ignore[arg-type]
+            elif not future.done():
+                future.set_exception(detached(exc))
+        elif threading.get_ident() == self.loop_thread:
+            _settle(future, result, exc)
+        elif self.loop is not None:
+            self.loop.call_soon_threadsafe(_settle, future, result, exc)
+
+
+def _settle(future: asyncio.Future[Computed], result: Computed | None,
+            exc: BaseException | None) -> None:
+    if future.done():  # cancelled meanwhile (its timeout)
+        return
+    if exc is None:
+        future.set_result(result)  # type: ignore[arg-type]
+    else:
+        future.set_exception(detached(exc))
 
 
 def request_rows(request: InferRequest) -> int:
@@ -118,8 +156,7 @@ class DynamicBatcher:
 
     # ---- the request side --------------------------------------------------------------
     def submit(self, request: InferRequest, arrays: dict[str, np.ndarray], names: list[str],
-               loop: asyncio.AbstractEventLoop | None = None,
-               ) -> concurrent.futures.Future[Computed]:
+               loop: asyncio.AbstractEventLoop | None = None) -> Answer:
         """Queue a request (statistics: its "queued" moment). Raises InvalidInputError
         for more rows than max_batch_size, ServerBusyError once closed.
 
@@ -134,10 +171,11 @@ class DynamicBatcher:
                 f"{self.batching.max_batch_size}")
         if self._closed:
             raise ServerBusyError(f"model {self.model!r} is unloading; retry")
-        future: concurrent.futures.Future[Computed] = concurrent.futures.Future()
+        future: Answer = concurrent.futures.Future() if loop is None else loop.create_future()
         key = (tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(arrays.items())),
                tuple(names))
-        pending = Pending(request, future, time.perf_counter(), rows, arrays, names, key)
+        pending = Pending(request, future, time.perf_counter(), rows, arrays, names, key,
+                          loop, threading.get_ident() if loop is not None else 0)
         # A cancelled request gives its rows back, so it never makes a batch look full.
         # (A bound method, not a closure over `pending`: future -> callback -> pending ->
         # future would be a reference cycle holding the request's pooled body buffer
@@ -154,7 +192,7 @@ class DynamicBatcher:
         return future
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        gathered = [p for p in self._gathered.pop(loop, ()) if not p.future.cancelled()]
+        gathered = [p for p in self._gathered.pop(loop, ()) if not p.future.done()]
         if self._run_here is not None and gathered and self._run_here(gathered):
             with self._cond:
                 idle = not self._queue and not self._busy and not self._closed
@@ -173,7 +211,7 @@ class DynamicBatcher:
             if batch and rows + pending.rows > self.batching.max_batch_size:
                 self._execute_now(batch)
                 batch, rows = [], 0
-            if pending.future.set_running_or_notify_cancel():
+            if pending.start():
                 batch.append(pending)
                 rows += pending.rows
         if batch:
@@ -195,7 +233,7 @@ class DynamicBatcher:
                 return
         _fail_all(pending, ServerBusyError(f"model {self.model!r} was unloaded; retry"))
 
-    def _cancelled(self, future: concurrent.futures.Future[Computed]) -> None:
+    def _cancelled(self, future: Answer) -> None:
         if not future.cancelled():
             return
         with self._cond:
@@ -218,9 +256,8 @@ class DynamicBatcher:
             self._rows = 0
             self._cond.notify_all()
         for pending in left:
-            if pending.future.set_running_or_notify_cancel():
-                pending.future.set_exception(
-                    ServerBusyError(f"model {self.model!r} was unloaded; retry"))
+            if pending.start():
+                pending.finish(None, ServerBusyError(f"model {self.model!r} was unloaded; retry"))
 
     # ---- the batch side ----------------------------------------------------------------
     def _take(self) -> list[Pending] | None:
@@ -249,7 +286,7 @@ class DynamicBatcher:
                 pending = self._queue.popleft()
                 self._rows -= pending.rows
                 # False: cancelled (timed out) while queued; it never runs.
-                if pending.future.set_running_or_notify_cancel():
+                if pending.start():
                     batch.append(pending)
                     taken += pending.rows
             if self._queue:
@@ -274,7 +311,7 @@ class DynamicBatcher:
 def _fail_all(batch: list[Pending], exc: BaseException) -> None:
     for pending in batch:
         if not pending.future.done():
-            pending.future.set_exception(detached(exc))
+            pending.finish(None, exc)
 
 
 def detached(exc: BaseException) -> BaseException:

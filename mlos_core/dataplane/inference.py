@@ -28,7 +28,7 @@ from ..protocols.shm import SharedMemoryRegistry
 from ..settings import Settings
 from ..tensors import DTYPES, datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
 from .admission import Admission, Slot
-from .batching import Computed, DynamicBatcher, Pending, detached
+from .batching import Answer, Computed, DynamicBatcher, Pending
 from .model_config import ModelIO
 from .types import InferRequest, InferResponse, InputTensor, OutputTensor, ShmRef
 
@@ -128,7 +128,7 @@ class TensorInference:
     def _queue(
         self, batcher: DynamicBatcher, backend: Backend, io: ModelIO, request: InferRequest,
         loop: asyncio.AbstractEventLoop | None = None,
-    ) -> tuple[concurrent.futures.Future[Computed], Slot]:
+    ) -> tuple[Answer, Slot]:
         """Into the model's batch queue, under the same admission as unbatched work.
         Validated here, on the receiving thread: a malformed request fails alone before
         it is queued, and the batch thread does nothing per request but merge and split
@@ -154,7 +154,8 @@ class TensorInference:
                             computed.compute_s)
         return response
 
-    def _timed_out(self, future: concurrent.futures.Future[Any], slot: Slot) -> MLOSError:
+    def _timed_out(self, future: concurrent.futures.Future[Any] | asyncio.Future[Any],
+                   slot: Slot) -> MLOSError:
         # Work not started yet never starts; the slot is free for the next request now.
         future.cancel()
         slot.release()
@@ -180,9 +181,9 @@ class TensorInference:
                 io = self.served_io(backend)
                 batched, slot = self._queue(batcher, backend, io, request,
                                             asyncio.get_running_loop())
+                assert isinstance(batched, asyncio.Future)
                 try:
-                    computed = await asyncio.wait_for(
-                        asyncio.wrap_future(batched), self.settings.request_timeout_s)
+                    computed = await asyncio.wait_for(batched, self.settings.request_timeout_s)
                 except asyncio.TimeoutError:
                     raise self._timed_out(batched, slot) from None
                 return self._batched_response(backend, io, request, computed)
@@ -209,6 +210,7 @@ class TensorInference:
             if batcher is not None:
                 io = self.served_io(backend)
                 batched, slot = self._queue(batcher, backend, io, request)
+                assert isinstance(batched, concurrent.futures.Future)
                 try:
                     computed = batched.result(self.settings.request_timeout_s)
                 except concurrent.futures.TimeoutError:
@@ -353,14 +355,14 @@ class TensorInference:
         for pending in group:
             part = {name: results[name][offset:offset + pending.rows] for name in names}
             offset += pending.rows
-            pending.future.set_result(Computed(
+            pending.finish(Computed(
                 names, part, started - pending.queued_at, compute_done - compute_started))
 
     @staticmethod
     def _batch_failed(pending: Pending, exc: MLOSError) -> None:
         """A batched request's failure in its batch (statistics: its failure; the
         transport-facing infer counts it in /metrics)."""
-        pending.future.set_exception(detached(exc))
+        pending.finish(None, exc)
 
     def _measure(self, key: int, spent: float, nbytes: int) -> None:
         previous = self._compute_ewma.get(key)
