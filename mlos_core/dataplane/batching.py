@@ -145,6 +145,10 @@ class DynamicBatcher:
         #: Requests submitted from an event loop, joining the queue at the end of the
         #: loop's current iteration (per loop).
         self._gathered: dict[asyncio.AbstractEventLoop, list[Pending]] = {}
+        #: Submits from event loops in their current iteration, and whether the last
+        #: iteration had at most one (then a lone request runs at once; see submit).
+        self._in_tick: dict[asyncio.AbstractEventLoop, int] = {}
+        self._alone = True
         top = max(batching.preferred) if batching.preferred else batching.max_batch_size
         self._target = min(top, batching.max_batch_size)
         self._threads = [
@@ -184,6 +188,16 @@ class DynamicBatcher:
         if loop is None:
             self._enqueue([pending])
             return future
+        seen = self._in_tick.get(loop, 0)
+        self._in_tick[loop] = seen + 1
+        if not seen:
+            loop.call_soon(self._tick_done, loop)
+            if self._alone and self._run_here is not None and self._idle() \
+                    and self._run_here([pending]):
+                # Requests come one at a time: waiting for this iteration to end would
+                # only add latency. Run it now, as the unbatched inline path would.
+                self._run_inline([pending])
+                return future
         gathered = self._gathered.get(loop)
         if gathered is None:  # only this loop's thread touches its list
             gathered = self._gathered[loop] = []
@@ -191,17 +205,22 @@ class DynamicBatcher:
         gathered.append(pending)
         return future
 
+    def _tick_done(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._alone = self._in_tick.pop(loop, 0) <= 1
+
+    def _idle(self) -> bool:
+        with self._cond:
+            return not self._queue and not self._busy and not self._closed
+
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         gathered = [p for p in self._gathered.pop(loop, ()) if not p.future.done()]
-        if self._run_here is not None and gathered and self._run_here(gathered):
-            with self._cond:
-                idle = not self._queue and not self._busy and not self._closed
-            if idle:
-                # Nothing queued before them and nothing running: the whole gathered set
-                # runs here, in batches of at most max_batch_size rows, with no thread
-                # hand-off (the inline path of a tiny model, batched).
-                self._run_inline(gathered)
-                return
+        if self._run_here is not None and gathered and self._run_here(gathered) \
+                and self._idle():
+            # Nothing queued before them and nothing running: the whole gathered set runs
+            # here, in batches of at most max_batch_size rows, with no thread hand-off
+            # (the inline path of a tiny model, batched).
+            self._run_inline(gathered)
+            return
         self._enqueue(gathered)
 
     def _run_inline(self, gathered: list[Pending]) -> None:

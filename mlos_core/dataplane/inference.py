@@ -182,10 +182,14 @@ class TensorInference:
                 batched, slot = self._queue(batcher, backend, io, request,
                                             asyncio.get_running_loop())
                 assert isinstance(batched, asyncio.Future)
-                try:
-                    computed = await asyncio.wait_for(batched, self.settings.request_timeout_s)
-                except asyncio.TimeoutError:
-                    raise self._timed_out(batched, slot) from None
+                if batched.done():  # run at once (a lone request of a tiny model)
+                    computed = batched.result()
+                else:
+                    try:
+                        computed = await asyncio.wait_for(batched,
+                                                          self.settings.request_timeout_s)
+                    except asyncio.TimeoutError:
+                        raise self._timed_out(batched, slot) from None
                 return self._batched_response(backend, io, request, computed)
             if self._inline(backend, request):
                 return self._run_inline(backend, request)
