@@ -263,3 +263,25 @@ def test_config_yaml_wins_over_config_pbtxt_key_by_key(tmp_path: Path) -> None:
             client.infer("both", [inp])
     finally:
         server.stop_background()
+
+
+def test_a_load_override_is_layered_over_config_pbtxt(triton_server: MLOSServer) -> None:
+    """An override is one more config source: its keys replace config.pbtxt's for that
+    load, the rest (max_batch_size here) still applies, and it is checked by the same
+    rules, with the same words, as the file (a 400 instead of an unavailable model)."""
+    http = httpclient.InferenceServerClient(triton_server.url)
+    http.load_model("specific", config=json.dumps({"version_policy": {"all": {}}}))
+    assert sorted(http.get_model_metadata("specific")["versions"]) == ["1", "2", "3"]
+    config = http.get_model_config("specific")
+    assert (config["max_batch_size"], config["version_policy"]) == (4, {"all": {}})
+    big = httpclient.InferInput("x", [5, 3], "FP32")
+    big.set_data_from_numpy(np.zeros((5, 3), np.float32))
+    with pytest.raises(InferenceServerException, match="max_batch_size 4"):
+        http.infer("specific", [big])
+    wrong = {"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [5]}]}
+    with pytest.raises(InferenceServerException,
+                       match=r"gives the model shape \[-1, 5\] but the model's is \[-1, 3\]"):
+        http.load_model("specific", config=json.dumps(wrong))
+    assert sorted(http.get_model_metadata("specific")["versions"]) == ["1", "2", "3"]
+    http.load_model("specific")  # the repository's config alone again
+    assert sorted(http.get_model_metadata("specific")["versions"]) == ["1", "3"]
