@@ -2,7 +2,8 @@
 """Prometheus metrics, rendered in the text exposition format (no client library needed).
 
 Per model: requests, failures by reason, and histograms of queue time (waiting for an
-inference thread) and compute time (inside the backend)."""
+inference thread or in the batch queue) and compute time (inside the backend); for
+batched models, model executions and the requests and rows they ran."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class Metrics:
         self.failures: dict[tuple[str, str], int] = defaultdict(int)
         self.queue: dict[str, _Histogram] = defaultdict(_Histogram)
         self.compute: dict[str, _Histogram] = defaultdict(_Histogram)
+        #: Dynamic batching, per model: model executions, the requests and rows they ran.
+        self.batches: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self.in_flight = 0
         #: Extra renderers (e.g. the LLM token counters); each returns exposition text.
         self.collectors: list[Callable[[], str]] = []
@@ -49,6 +52,13 @@ class Metrics:
             self.requests[(model, protocol)] += 1
             self.queue[model].observe(queue_s)
             self.compute[model].observe(compute_s)
+
+    def batch(self, model: str, requests: int, rows: int) -> None:
+        with self._lock:
+            counts = self.batches[model]
+            counts[0] += 1
+            counts[1] += requests
+            counts[2] += rows
 
     def failure(self, model: str, protocol: str, reason: str) -> None:
         with self._lock:
@@ -91,6 +101,16 @@ class Metrics:
                     lines.append(f'{metric}_bucket{{{label},le="+Inf"}} {hist.count}')
                     lines.append(f"{metric}_sum{{{label}}} {hist.sum:.9f}")
                     lines.append(f"{metric}_count{{{label}}} {hist.count}")
+            for index, (metric, help_text) in enumerate((
+                ("mlos_batch_executions_total", "Model executions of batched models."),
+                ("mlos_batch_requests_total", "Requests those executions served."),
+                ("mlos_batch_rows_total", "Batch rows (dim 0) those executions ran."),
+            )):
+                if not self.batches:
+                    break
+                lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+                for model, counts in sorted(self.batches.items()):
+                    lines.append(f'{metric}{{model="{_escape(model)}"}} {counts[index]}')
         for name, value in (extra or {}).items():
             lines += [f"# TYPE {name} gauge", f"{name} {value}"]
         text = "\n".join(lines) + "\n"

@@ -2,7 +2,12 @@
 """The model repository on disk, laid out like Triton's:
 
     <repository>/<model>/<version>/<model file(s)>
-    <repository>/<model>/config.yaml | config.json      (optional)
+    <repository>/<model>/config.pbtxt                   (optional: Triton's, protobuf text)
+    <repository>/<model>/config.yaml | config.json      (optional: MLOS's)
+
+When both kinds exist, config.pbtxt is read first and each top-level key of
+config.yaml|json replaces the same key (MLOS's own file wins, key by key). A model whose
+config cannot be read is listed with the reason (its load fails), never hiding the others.
 
 Versions are positive integers. Every write is staged in a hidden directory inside the
 repository (same filesystem), load-checked there, and only then renamed into place, so a
@@ -29,6 +34,7 @@ from typing import Any
 import yaml
 
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
+from .repository import pbtxt
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch
 _STAGING_PREFIX = ".staging-"
@@ -117,12 +123,14 @@ LoadCheck = Callable[["RepositoryModel"], None]
 
 @dataclass
 class RepositoryModel:
-    """One model directory: its versions (ascending) and parsed config."""
+    """One model directory: its versions (ascending) and parsed config. `error` says why
+    the config could not be read (the model then fails to load with that reason)."""
 
     name: str
     path: Path
     versions: list[str]
     config: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
 
     @property
     def latest(self) -> str | None:
@@ -163,10 +171,28 @@ class ModelRepository:
             (p.name for p in path.iterdir() if p.is_dir() and is_version(p.name)),
             key=int,
         )
-        return RepositoryModel(path.name, path, versions, self._read_config(path))
+        try:
+            config = self._read_config(path)
+        except ModelLoadError as exc:
+            return RepositoryModel(path.name, path, versions, {}, str(exc))
+        return RepositoryModel(path.name, path, versions, config)
 
     @staticmethod
     def _read_config(model_dir: Path) -> dict[str, Any]:
+        """config.pbtxt, then config.yaml|json over it (key by key)."""
+        triton: dict[str, Any] = {}
+        file = model_dir / pbtxt.FILE_NAME
+        if file.is_file():
+            triton = pbtxt.read(file)
+            named = triton.get("name")
+            if named and named != model_dir.name:
+                raise ModelLoadError(
+                    f"{file}: name {named!r} does not match the model directory "
+                    f"{model_dir.name!r} (Triton requires them equal)")
+        return {**triton, **ModelRepository._read_mlos_config(model_dir)}
+
+    @staticmethod
+    def _read_mlos_config(model_dir: Path) -> dict[str, Any]:
         for name in CONFIG_FILES:
             file = model_dir / name
             if file.is_file():

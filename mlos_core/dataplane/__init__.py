@@ -7,11 +7,13 @@ neutral types (types.py), call it and frame the answer; they hold no inference l
     types.py       neutral requests and responses
     admission.py   concurrency limit, drain, slots given back once
     models.py      model lifecycle and the backend lookup
+    model_config.py  a model's configuration (config.pbtxt, config.yaml|json, a load
+                   override): checked, layered and applied in one place; the /config answer
     inference.py   tensor inference (threads, inline fast path, pools, shared memory)
+    batching.py    dynamic batching: a model version's queue and batch threads
     generation.py  text generation and embeddings
     decoding.py    bounded request decoding, off the event loop
     statistics.py  Triton's per-model-version statistics (hooks the inference path calls)
-    model_config.py  Triton's configuration override on load
     cuda_shm.py    Triton's CUDA shared memory, answered truthfully without CUDA
     server_settings.py  Triton's log settings (the service's logging level) and trace
     core.py        the DataPlane that joins them

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from .. import __version__
+from ..backends.base import Backend
 from ..errors import MLOSError
 from ..kernel_modes import KernelModes, versions
 from ..metrics import Metrics
@@ -24,6 +25,7 @@ from .decoding import Decoder
 from .generation import TextGeneration
 from .inference import TensorInference
 from .llm_metrics import LLMMetrics
+from .model_config import ModelIO
 from .models import ModelLifecycle, ModelState
 from .server_settings import LogSettings, trace_settings, update_trace_settings
 from .statistics import Statistics
@@ -76,6 +78,8 @@ class DataPlane(ModelLifecycle, TensorInference, TextGeneration):
         # (input bytes) measured under it: tiny models run inline for requests that size.
         self._compute_ewma: dict[int, tuple[float, int]] = {}
         self._inline_s = settings.inline_compute_us / 1e6
+        self._io = {}
+        self._batchers = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -101,6 +105,17 @@ class DataPlane(ModelLifecycle, TensorInference, TextGeneration):
                 self._unload_backend(backend)
         self.shm.unregister()
         self.kernel.close()
+
+    # ModelLifecycle's stubs come first in the MRO; the per-backend serving state (served
+    # tensors, batchers, inline measurements) is TensorInference's.
+    def _forget_backend(self, backend: Backend) -> None:
+        TensorInference._forget_backend(self, backend)
+
+    def _serve_as(self, backend: Backend, io: ModelIO) -> None:
+        TensorInference._serve_as(self, backend, io)
+
+    def served_io(self, backend: Backend) -> ModelIO:
+        return TensorInference.served_io(self, backend)
 
     # ---- admission -------------------------------------------------------------------------
     @property

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Model lifecycle: load, unload, register and delete model versions from the repository,
-and find the backend that serves a request (the one lookup every request kind uses)."""
+and find the backend that serves a request (the one lookup every request kind uses).
+What a model's config means for serving it (version policy, tensors, batching) is
+model_config.py's."""
 
 from __future__ import annotations
 
@@ -22,7 +24,15 @@ from ..kernel_modes import KernelModes
 from ..plugins import PluginManager
 from ..registry import ImportedFile, ModelRepository, RepositoryModel
 from ..settings import Settings
-from .model_config import check_declared, config_type, input_shape, parse_override
+from .model_config import (
+    ModelIO,
+    backend_config,
+    model_io,
+    parse_override,
+    repository_config,
+    select_versions,
+    triton_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +67,39 @@ class ModelLifecycle:
     def _forget_backend(self, backend: Backend) -> None:
         """Per-backend state the data plane keeps (the inline-compute measurements)."""
 
+    def _serve_as(self, backend: Backend, io: ModelIO) -> None:
+        """Per-backend serving state (TensorInference: served tensors, the batcher)."""
+
+    def served_io(self, backend: Backend) -> ModelIO:
+        return ModelIO.of(backend)
+
     # ---- models ----------------------------------------------------------------------------
     def load_model(self, name: str, config: str | None = None) -> None:
-        """(Re)load a model's versions from the repository. Triton's default policy: the
-        latest version; `version_policy: all` in the model config loads every version.
-        `config`: Triton's configuration override (JSON text, model_config.py), used
-        instead of the model directory's config for this load."""
+        """(Re)load a model's versions from the repository, as its config says
+        (model_config.py: the versions its version policy selects, its tensors and
+        batching). `config`: Triton's configuration override (JSON text), layered over
+        the repository's config for this load only; a bad one is an InvalidInputError and
+        the versions serving now keep serving."""
         repo_model = self.repository.get(name)
         if config is not None:
-            repo_model.config = parse_override(config, name)
+            if repo_model.error:
+                raise ModelLoadError(repo_model.error)
+            repo_model.config = parse_override(config, name, repo_model.config)
         with self._model_lock:
             state = self.models.setdefault(name, ModelState(name))
-        backends = self._load_versions(repo_model)
-        if config is not None:
-            try:
-                for backend in backends.values():
-                    check_declared(repo_model.config, backend, name)
-            except MLOSError:
-                for backend in backends.values():
-                    self._unload_backend(backend)
-                raise
+        backends = self._load_versions(repo_model, override=config is not None)
+        # Fields MLOS does not apply are said once per load: in the log and as the reason
+        # the repository index gives for this (ready) model.
+        warnings = sorted({w for b in backends.values() for w in self.served_io(b).warnings})
+        reason = ""
+        if warnings:
+            reason = "config fields not applied by MLOS: " + ", ".join(warnings)
+            log.warning("model %s: %s", name, reason)
         with self._model_lock:
             old = state.versions
             state.versions = backends
             state.state = "READY"
-            state.reason = ""
+            state.reason = reason
         for version, backend in old.items():
             if backends.get(version) is not backend:
                 self._unload_backend(backend)
@@ -91,17 +109,28 @@ class ModelLifecycle:
         backend.unload()
         self.kernel.release_model(id(backend))
 
-    def _load_versions(self, model: RepositoryModel) -> dict[str, Backend]:
+    def _load_versions(self, model: RepositoryModel,
+                       override: bool = False) -> dict[str, Backend]:
+        """Every version the config selects, loaded and serving as the config says;
+        `override`: the config holds a load override (its contradictions with the model
+        are then the client's InvalidInputError)."""
+        if model.error:
+            raise ModelLoadError(model.error)
         if not model.versions:
             raise ModelLoadError(f"model {model.name!r} has no version directory (e.g. 1/)")
-        policy = model.config.get("version_policy", "latest")
-        versions = model.versions if policy == "all" else model.versions[-1:]
+        try:
+            versions = select_versions(model.name, repository_config(model.config, model.name),
+                                       model.versions)
+        except ModelLoadError as exc:
+            if override:
+                raise InvalidInputError(f"config override: {exc}") from None
+            raise
         loaded: dict[str, Backend] = {}
         try:
             for version in versions:
                 path = model.path / version
-                cls, file = self.plugins.select(path, model.config)
-                config = dict(model.config)
+                config = backend_config(model.config)
+                cls, file = self.plugins.select(path, config)
                 source = ModelSource(model.name, version, path, config, file, self.settings)
                 backend = cls(source)
                 # The GPU manager's lease decides the device and memory limit the backend
@@ -121,6 +150,13 @@ class ModelLifecycle:
                     self.kernel.release_model(id(backend))
                     raise ModelLoadError(f"{model.name} v{version}: {exc}") from exc
                 loaded[version] = backend
+                try:
+                    io = model_io(model.name, config, backend)
+                except ModelLoadError as exc:
+                    if override:
+                        raise InvalidInputError(f"config override: {exc}") from None
+                    raise
+                self._serve_as(backend, io)
         except Exception:
             for backend in loaded.values():
                 self._unload_backend(backend)
@@ -262,43 +298,25 @@ class ModelLifecycle:
             return False
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """The model's configuration in Triton's JSON shape (dims without the batch
-        dimension when max_batch_size > 0)."""
+        """The model's configuration in Triton's JSON form, one answer for REST's
+        `/v2/models/{m}/config` and gRPC ModelConfig (model_config.triton_config)."""
         backend = self.backend(name, version)
-        config = backend.source.config
-        max_batch = config.get("max_batch_size") or 0
-        skip = 1 if type(max_batch) is int and max_batch > 0 else 0
-
-        def specs(items: list[TensorSpec], inputs: bool) -> list[dict[str, Any]]:
-            return [{"name": t.name, "data_type": config_type(t.datatype),
-                     "dims": list((input_shape(backend, t) if inputs else t.shape)[skip:])}
-                    for t in items]
-
-        doc: dict[str, Any] = {
-            "name": name, "backend": backend.name, "max_batch_size": max_batch if skip else 0,
-            "input": specs(backend.inputs, True), "output": specs(backend.outputs, False),
-        }
-        policy = config.get("version_policy", "latest")
-        doc["version_policy"] = {"all": {}} if policy == "all" else {
-            "latest": {"num_versions": 1}}
-        if config.get("instance_group"):
-            doc["instance_group"] = config["instance_group"]
-        return doc
+        return triton_config(name, backend, self.served_io(backend))
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         backend = self.backend(name, version)
         state = self.models[name]
 
-        def specs(items: list[TensorSpec], inputs: bool) -> list[dict[str, Any]]:
-            return [{"name": t.name, "datatype": t.datatype,
-                     "shape": list(input_shape(backend, t) if inputs else t.shape)}
+        def specs(items: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
                     for t in items]
 
+        io = self.served_io(backend)
         return {
             "name": name,
             "versions": sorted(state.versions, key=int),
             "platform": backend.name,
-            "inputs": specs(backend.inputs, True),
-            "outputs": specs(backend.outputs, False),
+            "inputs": specs(io.inputs),
+            "outputs": specs(io.outputs),
         }
 

@@ -3,19 +3,25 @@
 executions cost, in the shape `GET /v2/models/{m}/stats` and gRPC `ModelStatistics` answer.
 
 The inference path reports at three points, and nothing else here knows how requests are
-scheduled (one request per execution today; a dynamic batcher runs several at once):
+scheduled (one request per execution, or a dynamic batcher's several, batching.py):
 
     record_execution(key, batch_size, input_s, infer_s, output_s)
-        once per model execution (`execution_count`, `batch_stats`);
-    record_success(key, RequestTimes)
-        once per request answered: its queue, compute input/infer/output and total time,
-        and one inference (`inference_count` counts requests, i.e. batch elements);
+        once per model execution (`execution_count`, `batch_stats`): batch_size is the
+        rows it ran (1 for a model without max_batch_size);
+    record_success(key, RequestTimes, inferences)
+        once per request answered: its queue, compute input/infer/output and total time
+        (every request of one batched execution shares its compute start and end), and
+        `inferences` (`inference_count` counts batch elements, as Triton's does);
     record_failure(key, arrived)
-        once per request that failed after its model was found.
+        once per request that failed after its model was found (a batch's failure is
+        counted once per request, by the transport-facing infer, never by the batcher).
 
-`key` is the serving backend's identity (`id(backend)`), so a reload starts from zero as
-Triton's does; `forget(key)` drops a backend's counters when it unloads. Times are
-`time.perf_counter()` seconds, the clock the inference path already reads."""
+`key` is the serving backend's identity (`id(backend)`): `open(key)` starts its counters
+at zero when it starts serving (a reload starts from zero, as Triton's does) and
+`forget(key)` drops them when it unloads; a report for a key not open (a request that
+finished after its backend unloaded) is dropped, so an id Python reuses never inherits
+them. Times are `time.perf_counter()` seconds, the clock the inference path already
+reads."""
 
 from __future__ import annotations
 
@@ -76,18 +82,18 @@ class Statistics:
         self._lock = threading.Lock()
         self._stats: dict[int, _VersionStats] = {}
 
-    def _get(self, key: int) -> _VersionStats:
-        stats = self._stats.get(key)
-        if stats is None:
-            stats = self._stats[key] = _VersionStats()
-        return stats
+    def open(self, key: int) -> None:
+        with self._lock:
+            self._stats[key] = _VersionStats()
 
     # ---- the hooks the inference path calls ----------------------------------------------
     def record_execution(
         self, key: int, batch_size: int, input_s: float, infer_s: float, output_s: float
     ) -> None:
         with self._lock:
-            stats = self._get(key)
+            stats = self._stats.get(key)
+            if stats is None:
+                return
             stats.execution_count += 1
             batch = stats.batches.get(batch_size)
             if batch is None:
@@ -95,11 +101,13 @@ class Statistics:
             for duration, seconds in zip(batch, (input_s, infer_s, output_s), strict=True):
                 duration.add(seconds)
 
-    def record_success(self, key: int, times: RequestTimes) -> None:
+    def record_success(self, key: int, times: RequestTimes, inferences: int = 1) -> None:
         now_ms = int(time.time() * 1000)
         with self._lock:
-            stats = self._get(key)
-            stats.inference_count += 1
+            stats = self._stats.get(key)
+            if stats is None:
+                return
+            stats.inference_count += inferences
             stats.last_inference_ms = now_ms
             phases = stats.phases
             phases["success"].add(times.output_done - times.queued)
@@ -111,7 +119,9 @@ class Statistics:
     def record_failure(self, key: int, arrived: float) -> None:
         now_ms = int(time.time() * 1000)
         with self._lock:
-            stats = self._get(key)
+            stats = self._stats.get(key)
+            if stats is None:
+                return
             stats.last_inference_ms = now_ms
             stats.phases["fail"].add(time.perf_counter() - arrived)
 

@@ -54,6 +54,30 @@ def make_mlp(path: Path, seed: int = 0) -> Path:
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
 
 
+def make_wide_mlp(path: Path, width: int = 1024, seed: int = 0) -> Path:
+    """64 -> width -> width (ReLU each) -> 10, "input" FP32 [-1, 64] -> "output" [-1, 10]:
+    a model whose compute, not the transport, dominates a request (benchmarks)."""
+    rng = np.random.default_rng(seed)
+    sizes = [(64, width), (width, width), (width, 10)]
+    inits, nodes, last = [], [], "input"
+    for i, (rows, cols) in enumerate(sizes):
+        w = rng.standard_normal((rows, cols), dtype=np.float32) * 0.05
+        b = rng.standard_normal(cols, dtype=np.float32) * 0.05
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        out = "output" if i == len(sizes) - 1 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [last, f"w{i}", f"b{i}"], [out]))
+        if out != "output":
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            last = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "wide_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
 def make_double(path: Path) -> Path:
     """y = 2x on a 1-D FP32 tensor of any length ("x" -> "y")."""
     two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
@@ -109,6 +133,20 @@ def make_simple(path: Path) -> Path:
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
 
 
+def make_scale(path: Path, inner: list[int | str], factor: float = 2.0) -> Path:
+    """y = factor * x on FP32 ["batch", *inner] ("x" -> "y"): a batchable model whose
+    non-batch dimensions are fixed (ints) or free (names)."""
+    k = numpy_helper.from_array(np.array(factor, dtype=np.float32), "k")
+    shape: list[int | str] = ["batch", *inner]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [k],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
 def make_token_model(path: Path) -> Path:
     """A token-id model shaped like an exported transformer: INT64 input_ids and
     attention_mask [batch, sequence] -> FP32 logits [batch, sequence] = ids * mask."""
@@ -118,5 +156,18 @@ def make_token_model(path: Path) -> Path:
         [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
          for n in ("input_ids", "attention_mask")],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence"])],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def make_lookup(path: Path, size: int = 10) -> Path:
+    """y = table[x] (Gather) on INT64 x ["batch", 1] -> FP32 y ["batch", 1], table[i] =
+    10 i: an index outside [-size, size) is a value ONNX Runtime itself rejects."""
+    table = numpy_helper.from_array(np.arange(size, dtype=np.float32) * 10, "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "x"], ["y"], axis=0)], "lookup",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [table],
     )
     return _save(helper.make_model(graph, opset_imports=OPSET), path)

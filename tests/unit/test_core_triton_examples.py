@@ -277,7 +277,7 @@ def test_configuration_override_on_load(simple: MLOSServer, protocol: str) -> No
         ("{not json", "not valid JSON"),
         (json.dumps({"name": "other"}), "not the model being loaded"),
         (json.dumps({"input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16]}]}),
-         "is INT32, not FP32"),
+         "is FP32 but the model.s is INT32"),
         (json.dumps({"input": [{"name": "NOPE", "data_type": "TYPE_INT32", "dims": [16]}]}),
          "has no input 'NOPE'"),
         (json.dumps({"max_batch_size": 1,

@@ -1,7 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Regenerates generated/inference_pb2*.py from inference.proto (needs grpcio-tools):
+"""Regenerates the committed protobuf modules (needs grpcio-tools):
 
     python -m mlos_core.protocols.grpc.generate [OUTPUT_DIR]
+
+    protocols/grpc/inference.proto     -> protocols/grpc/generated/inference_pb2*.py
+    repository/model_config.proto      -> repository/generated/model_config_pb2.py
+
+With OUTPUT_DIR every module is written there instead (the freshness tests compare).
 """
 
 from __future__ import annotations
@@ -12,24 +17,34 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROTO = HERE / "inference.proto"
-HEADER = "# SPDX-License-Identifier: Apache-2.0\n# Generated from inference.proto: do not edit.\n"
+MODEL_CONFIG_PROTO = HERE.parent.parent / "repository" / "model_config.proto"
+#: .proto file -> (the directory its committed modules live in, with gRPC stubs).
+PROTOS = {
+    PROTO: (HERE / "generated", True),
+    MODEL_CONFIG_PROTO: (MODEL_CONFIG_PROTO.parent / "generated", False),
+}
 
 
-def generate(out_dir: Path) -> list[Path]:
+def generate_one(proto: Path, out_dir: Path, grpc_stubs: bool) -> list[Path]:
     from grpc_tools import protoc  # only needed to regenerate
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    status = protoc.main([
-        "grpc_tools.protoc", f"-I{HERE}", f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}", str(PROTO),
-    ])
+    stem = proto.stem
+    args = ["grpc_tools.protoc", f"-I{proto.parent}", f"--python_out={out_dir}"]
+    if grpc_stubs:
+        args.append(f"--grpc_python_out={out_dir}")
+    status = protoc.main([*args, str(proto)])
     if status != 0:
         raise RuntimeError(f"protoc failed with status {status}")
-    files = [out_dir / "inference_pb2.py", out_dir / "inference_pb2_grpc.py"]
+    files = [out_dir / f"{stem}_pb2.py"]
+    if grpc_stubs:
+        files.append(out_dir / f"{stem}_pb2_grpc.py")
+    header = (f"# SPDX-License-Identifier: Apache-2.0\n"
+              f"# Generated from {proto.name}: do not edit.\n")
     for file in files:
         text = file.read_text()
         # The generated stub imports its sibling as a top-level module; make it relative.
-        text = re.sub(r"^import inference_pb2 as", "from . import inference_pb2 as", text,
+        text = re.sub(rf"^import {stem}_pb2 as", f"from . import {stem}_pb2 as", text,
                       flags=re.M)
         # Clients such as tritonclient register the same `inference.*` names in the default
         # descriptor pool; a private pool lets both live in one process.
@@ -38,11 +53,19 @@ def generate(out_dir: Path) -> list[Path]:
             "_POOL = _descriptor_pool.DescriptorPool()\n"
             "DESCRIPTOR = _POOL.AddSerializedFile(",
         )
-        file.write_text(HEADER + text)
+        file.write_text(header + text)
+    return files
+
+
+def generate(out_dir: Path | None = None) -> list[Path]:
+    """Every module; into `out_dir` when given, else where each is committed."""
+    files: list[Path] = []
+    for proto, (committed, grpc_stubs) in PROTOS.items():
+        files += generate_one(proto, out_dir or committed, grpc_stubs)
     return files
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "generated"
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     for path in generate(target):
         print(path)
