@@ -16,6 +16,12 @@ buffer (the default) against a per-request allocation (the same service with
 tensor_pool_mb=0), in alternating blocks, with the server's page faults per request; it
 rewrites only its own section of the output file.
 
+`--grpc` compares the MLP over gRPC (tritonclient.grpc, binary tensors) with the grpcio
+no-op floor and binary REST at concurrency 1 and 8, all paths in interleaved blocks; with
+`--before DIR` (an exported older tree of this repository) that tree's server runs beside
+this one, so a change is measured against what it replaces in the same run. It rewrites
+only its own section.
+
 `--batching` (also part of the full run) compares the MLP at concurrency 1, 8 and 32
 without and with dynamic batching: one service, two models from the same file, one of
 them with a Triton config.pbtxt enabling dynamic_batching; binary REST through
@@ -405,6 +411,109 @@ class Bench:
         return "\n".join(lines) + "\n"
 
 
+GRPC_START, GRPC_END = "<!-- grpc:start -->", "<!-- grpc:end -->"
+
+
+def _mlos_server(repo: Path, tmp: Path, rest: int, grpc_port: int,
+                 tree: Path | None = None) -> subprocess.Popen[bytes]:
+    """`mlos-core serve` from this tree, or from `tree` (run there, so its mlos_core is
+    the one imported)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    return subprocess.Popen([
+        sys.executable, "-m", "mlos_core", "serve", "--rest-port", str(rest),
+        "--grpc-port", str(grpc_port), "--model-repository", str(repo),
+        "--sysfs-root", str(tmp), "--log-level", "warning"],
+        env=env, cwd=str(tree) if tree is not None else None)
+
+
+def bench_grpc(quick: bool, before: Path | None) -> str:
+    """The MLP over gRPC against the grpcio no-op floor (and binary REST, and an older
+    tree's server when given), interleaved blocks, one run."""
+    bench = Bench(quick)
+    tmp = bench.tmp
+    procs: list[subprocess.Popen[bytes]] = []
+    bench.rest, bench.grpc = free_port(), free_port()
+    bench.base_rest, bench.base_grpc = free_port(), free_port()
+    procs.append(_mlos_server(bench.repo, tmp, bench.rest, bench.grpc))
+    procs.append(subprocess.Popen([
+        sys.executable, str(ROOT / "benchmarks" / "core_baseline_app.py"),
+        "--port", str(bench.base_rest), "--grpc-port", str(bench.base_grpc),
+        "--mlp", str(bench.mlp_path), "--double", str(bench.double_path),
+    ], env=dict(os.environ, OMP_NUM_THREADS="1")))
+    paths: list[tuple[str, Callable[[], Callable[[], None]]]] = [
+        ("grpcio no-op unary (floor)", bench.grpc_noop()),
+        ("MLOS gRPC (tritonclient)", bench.triton("mlp", "grpc", True)),
+        ("MLOS REST binary (tritonclient)", bench.triton("mlp", "http", True)),
+    ]
+    if before is not None:
+        old_rest, old_grpc = free_port(), free_port()
+        procs.append(_mlos_server(bench.repo, tmp, old_rest, old_grpc, before))
+        saved = bench.grpc
+        bench.grpc = old_grpc
+        paths.insert(1, ("MLOS gRPC before (tritonclient)", bench.triton("mlp", "grpc", True)))
+        bench.grpc = saved
+    load_before = os.getloadavg()
+    results: dict[tuple[str, int], Result] = {}
+    blocks = 3 if quick else 6
+    try:
+        wait_http(f"http://127.0.0.1:{bench.rest}/v2/health/ready")
+        wait_http(f"http://127.0.0.1:{bench.base_rest}/noop")
+        if before is not None:
+            wait_http(f"http://127.0.0.1:{old_rest}/v2/health/ready")
+        for block in range(blocks):
+            for c in (1, 8):
+                total = (300 if quick else 1000) * (1 if c == 1 else 2)
+                order = paths if block % 2 == 0 else list(reversed(paths))
+                for label, factory in order:
+                    part = measure(label, "mlp", c, total, factory)
+                    key = (label, c)
+                    if key in results:
+                        results[key].latencies += part.latencies
+                        results[key].wall += part.wall
+                    else:
+                        results[key] = part
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+    load_after = os.getloadavg()
+    floor1, floor8 = results[(paths[0][0], 1)], results[(paths[0][0], 8)]
+    ours1 = results[("MLOS gRPC (tritonclient)", 1)]
+    ours8 = results[("MLOS gRPC (tritonclient)", 8)]
+    share = ours8.throughput / floor8.throughput
+    ratio = ours1.p50 / floor1.p50
+    rows = [f"| {label} | {c} | {fmt(r.p50)} | {fmt(r.pct(0.9))} | {fmt(r.pct(0.99))} | "
+            f"{r.throughput:.1f} | {r.throughput / results[(paths[0][0], c)].throughput:.2f} "
+            f"| {r.p50 / results[(paths[0][0], c)].p50:.2f} | {len(r.latencies)} |"
+            for (label, c), r in sorted(results.items(), key=lambda kv: kv[0][1])]
+    command = "python benchmarks/core_bench.py --grpc" + (" --quick" if quick else "") + \
+        (" --before DIR" if before is not None else "")
+    return "\n".join([
+        GRPC_START, "## gRPC against its floor", "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` on "
+        f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()}): "
+        "the MLP (batch 1) through tritonclient.grpc (binary tensors), the grpcio no-op "
+        "unary method (a raw stub, 256 bytes: the floor) and binary REST, every path in "
+        f"{blocks} interleaved blocks per concurrency (order reversed every other block). "
+        f"1-minute load average {load_before[0]:.2f} before, {load_after[0]:.2f} after: "
+        "measured on a loaded 2-core host (the clients, the servers and other work share "
+        "the cores), so compare rows of one concurrency, not absolute figures."
+        + (" `before` is the server of the tree given with --before, run beside this "
+           "one on the same model." if before is not None else ""), "",
+        "| Target | Measured | Met |", "|---|---|---|",
+        f"| c=8: gRPC throughput at least 70% of the grpcio no-op floor's | "
+        f"{ours8.throughput:.0f}/s vs {floor8.throughput:.0f}/s ({share:.0%}) | "
+        f"{'yes' if share >= 0.7 else 'no'} |",
+        f"| c=1: gRPC p50 at most 1.5x the floor's | {fmt(ours1.p50)} vs {fmt(floor1.p50)} "
+        f"({ratio:.2f}x) | {'yes' if ratio <= 1.5 else 'no'} |", "",
+        "| path | concurrency | p50 | p90 | p99 | requests/s | throughput / floor | "
+        "p50 / floor | n |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
+        GRPC_END, ""])
+
+
 BODIES_START, BODIES_END = "<!-- bodies:start -->", "<!-- bodies:end -->"
 BODY_SIZES = (4 << 20, 16 << 20)
 
@@ -657,6 +766,10 @@ def main() -> int:
                         help="only the request-body comparison (its own section of --out)")
     parser.add_argument("--batching", action="store_true",
                         help="only the dynamic-batching comparison (its own section of --out)")
+    parser.add_argument("--grpc", action="store_true",
+                        help="only gRPC against its floor (its own section of --out)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="with --grpc: an older tree whose server runs beside this one")
     parser.add_argument("--batch-delay-us", type=int, default=0,
                         help="max_queue_delay_microseconds of the batched model (default 0)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -664,6 +777,10 @@ def main() -> int:
     if args.bodies:
         splice_bodies(args.out, bench_bodies(args.quick))
         print(f"wrote the request-body section of {args.out}")
+        return 0
+    if args.grpc:
+        splice(args.out, bench_grpc(args.quick, args.before), GRPC_START, GRPC_END)
+        print(f"wrote the gRPC section of {args.out}")
         return 0
     if args.batching:
         splice(args.out, bench_batching(args.quick, args.batch_delay_us), BATCHING_START,
@@ -679,10 +796,11 @@ def main() -> int:
     command = "python benchmarks/core_bench.py" + (" --quick" if args.quick else "")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = args.out.read_text() if args.out.exists() else ""
-    start, end = previous.find(BODIES_START), previous.find(BODIES_END)
     args.out.write_text(bench.report(command))
-    if start >= 0 and end > start:  # the request-body section has its own run
-        splice_bodies(args.out, previous[start:end + len(BODIES_END) + 1])
+    for start_mark, end_mark in ((BODIES_START, BODIES_END), (GRPC_START, GRPC_END)):
+        start, end = previous.find(start_mark), previous.find(end_mark)
+        if start >= 0 and end > start:  # sections with runs of their own are kept
+            splice(args.out, previous[start:end + len(end_mark) + 1], start_mark, end_mark)
     # Dynamic batching: measured in this run too (its own server, same clients).
     splice(args.out, bench_batching(args.quick, args.batch_delay_us), BATCHING_START,
            BATCHING_END)
