@@ -239,6 +239,20 @@ class KernelModes:
         self.register_thread(latency=False, prefix=prefix)
 
     @contextlib.contextmanager
+    def service_threads(self, prefix: str) -> Iterator[None]:
+        """Around starting a server whose library runs threads of its own (grpc core's
+        pollers and timers under grpc.aio, whose calls run on the registered event
+        loop): the native threads started inside are registered throughput, named
+        `prefix`."""
+        if self.threads is None:
+            yield
+            return
+        with native_threads.spawn_scope(f"mlos-{prefix}") as started:
+            yield
+        if started:
+            self.threads.adopt(started, THROUGHPUT, None, owner=prefix, name=f"mlos-{prefix}")
+
+    @contextlib.contextmanager
     def model_load(self, key: Hashable, model: str) -> Iterator[None]:
         """Around a backend's load(): the native threads it starts and keeps (ONNX
         Runtime's intra-op pool) are registered latency-critical for this model, named

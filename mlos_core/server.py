@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Runs the REST (uvicorn) and gRPC servers together over one data plane.
+"""Runs the REST (uvicorn) and gRPC (grpc.aio) servers on one event loop over one data
+plane.
 
 SIGTERM/SIGINT: the service reports not ready (/v2/health/ready 503, gRPC ServerReady
 false), refuses new requests of every kind with 503/UNAVAILABLE, waits for in-flight
@@ -169,7 +170,9 @@ class MLOSServer:
         if self.settings.grpc_enabled:
             from .protocols.grpc.server import start_grpc_server
 
-            self.grpc_server, self.grpc_port = start_grpc_server(
+            # grpc.aio on this loop: gRPC calls take the same async data-plane path as
+            # REST's, on the same (registered) thread, with no hand-off between pools.
+            self.grpc_server, self.grpc_port = await start_grpc_server(
                 self.plane, self.settings.host, self.settings.grpc_port
             )
             log.info("gRPC listening on %s:%s", self.settings.host, self.grpc_port)
@@ -180,7 +183,7 @@ class MLOSServer:
             await self._uvicorn.serve(sockets=[self._socket])
         finally:
             if self.grpc_server is not None:
-                self.grpc_server.stop(0)
+                await self.grpc_server.stop(0)
 
     def begin_shutdown(self) -> None:
         """Stop taking work, drain, then stop (idempotent; call from the event loop)."""
@@ -202,7 +205,7 @@ class MLOSServer:
             log.warning("drain timeout: %d requests still in flight", self.plane.in_flight)
         if self.grpc_server is not None:
             grace = max(0.1, min(1.0, deadline - time.monotonic()))
-            await asyncio.to_thread(lambda: self.grpc_server.stop(grace).wait())
+            await self.grpc_server.stop(grace)
         if self._uvicorn is not None:
             for connection in list(self._uvicorn.server_state.connections):
                 cut = getattr(connection, "cut_if_receiving", None)

@@ -273,10 +273,7 @@ class TensorInference:
                              time.perf_counter())
         rows = request.inputs[0].shape[0] if io.max_batch_size and request.inputs \
             and request.inputs[0].shape else 1
-        self.statistics.record_execution(
-            key, rows, compute_started - started, compute_done - compute_started,
-            times.output_done - compute_done)
-        self.statistics.record_success(key, times, rows)
+        self.statistics.record_alone(key, times, rows)
         return response
 
     def _compute(self, backend: Backend, arrays: dict[str, np.ndarray],

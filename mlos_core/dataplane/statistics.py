@@ -53,7 +53,9 @@ class _Duration:
 
     def add(self, seconds: float, count: int = 1) -> None:
         self.count += count
-        self.ns += max(0, int(seconds * _NS))
+        ns = int(seconds * _NS)
+        if ns > 0:
+            self.ns += ns
 
     def to_dict(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
@@ -115,6 +117,34 @@ class Statistics:
             phases["compute_input"].add(times.infer_started - times.input_started)
             phases["compute_infer"].add(times.infer_done - times.infer_started)
             phases["compute_output"].add(times.output_done - times.infer_done)
+
+    def record_alone(self, key: int, times: RequestTimes, rows: int = 1) -> None:
+        """record_execution and record_success for a request that ran alone (one
+        execution of its own rows), under one lock: the per-request cost of the inline
+        path is mostly bookkeeping like this."""
+        input_s = times.infer_started - times.input_started
+        infer_s = times.infer_done - times.infer_started
+        output_s = times.output_done - times.infer_done
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            stats = self._stats.get(key)
+            if stats is None:
+                return
+            stats.execution_count += 1
+            batch = stats.batches.get(rows)
+            if batch is None:
+                batch = stats.batches[rows] = (_Duration(), _Duration(), _Duration())
+            batch[0].add(input_s)
+            batch[1].add(infer_s)
+            batch[2].add(output_s)
+            stats.inference_count += rows
+            stats.last_inference_ms = now_ms
+            phases = stats.phases
+            phases["success"].add(times.output_done - times.queued)
+            phases["queue"].add(times.input_started - times.queued)
+            phases["compute_input"].add(input_s)
+            phases["compute_infer"].add(infer_s)
+            phases["compute_output"].add(output_s)
 
     def record_failure(self, key: int, arrived: float) -> None:
         now_ms = int(time.time() * 1000)

@@ -3,21 +3,32 @@
 with Triton's model repository (and configuration override), statistics, system and CUDA
 shared-memory, trace and logging extensions.
 
-The server is grpcio's thread-pool server: each RPC runs on a worker thread, converts the
-protobuf into the data plane's neutral types and waits for the inference pool."""
+The server is grpc.aio on the event loop that serves REST (docs/core.md, "gRPC on the
+event loop"): ModelInfer converts the protobuf into the data plane's neutral types and
+awaits the same `DataPlane.infer` REST awaits (inline for tiny models, the inference pool
+or the batch queue otherwise); the other RPCs answer on the loop as their REST routes do,
+and model loads and unloads run on the loop's helper threads."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
+import inspect
 from collections.abc import Callable
-from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
 
-from ...dataplane import DataPlane, InferRequest, InputTensor, OutputRequest, ShmRef
+from ...dataplane import (
+    DataPlane,
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    OutputRequest,
+    ShmRef,
+)
 from ...dataplane.decoding import TensorBudget
 from ...errors import (
     InvalidInputError,
@@ -66,6 +77,8 @@ def _param_value(param: Any) -> Any:
 
 
 def _params(mapping: Any) -> dict[str, Any]:
+    if not mapping:  # the common case: no parameters (len of a protobuf map is cheap)
+        return {}
     return {key: _param_value(value) for key, value in mapping.items()}
 
 
@@ -81,22 +94,22 @@ def _shm_ref(params: dict[str, Any], what: str) -> ShmRef | None:
 
 
 def decode_request(request: Any, budget: TensorBudget | None = None) -> InferRequest:
+    # Each protobuf field read makes a Python object: every field is read once.
+    tensors = request.inputs
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInputError(
-            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs"
-        )
-    if not request.inputs:
+    if not tensors:
         raise InvalidInputError("the request has no inputs")
+    if raw and len(raw) != len(tensors):
+        raise InvalidInputError(f"{len(raw)} raw_input_contents for {len(tensors)} inputs")
     inputs = []
-    for index, tensor in enumerate(request.inputs):
+    for index, tensor in enumerate(tensors):
         name, datatype = tensor.name, tensor.datatype
         numpy_dtype(datatype)
         shape = check_shape(list(tensor.shape), name)
         if budget is not None:  # the decoding limits, before anything is decoded
             budget.check(name, datatype, shape)
-        params = _params(tensor.parameters)
-        shm = _shm_ref(params, f"input {name!r}")
+        params = tensor.parameters
+        shm = _shm_ref(_params(params), f"input {name!r}") if params else None
         if shm is not None:
             inputs.append(InputTensor(name, datatype, shape, None, shm))
             continue
@@ -106,13 +119,30 @@ def decode_request(request: Any, budget: TensorBudget | None = None) -> InferReq
             array = from_contents(tensor.contents, datatype, shape, name)
         inputs.append(InputTensor(name, datatype, shape, array))
     outputs = [
-        OutputRequest(o.name, True, _shm_ref(_params(o.parameters), f"output {o.name!r}"))
+        OutputRequest(o.name, True, _shm_ref(_params(o.parameters), f"output {o.name!r}")
+                      if o.parameters else None)
         for o in request.outputs
     ] or None
     return InferRequest(
         request.model_name, request.model_version or None, inputs, outputs,
         request.id or None, _params(request.parameters), "grpc",
     )
+
+
+def encode_response(result: InferResponse) -> Any:
+    response = pb.ModelInferResponse(
+        model_name=result.model, model_version=result.version, id=result.id or ""
+    )
+    for out in result.outputs:
+        tensor = response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        if out.shm is not None:
+            tensor.parameters["shared_memory_region"].string_param = out.shm.region
+            tensor.parameters["shared_memory_byte_size"].int64_param = out.shm.byte_size
+            response.raw_output_contents.append(b"")  # keeps indices aligned
+        else:
+            assert out.data is not None
+            response.raw_output_contents.append(bytes(to_bytes(out.data)))
+    return response
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -130,21 +160,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         raise UnauthorizedError("missing or wrong API key (metadata authorization: Bearer)")
 
     # Health RPCs stay open without a key (probes), like the REST health routes.
-    def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerReadyResponse(ready=not self.plane.draining)
 
     @staticmethod
     def _guarded(method: F) -> F:
+        """The API key, then the method (a coroutine, or a plain function answered on
+        the loop); domain errors become the status of the one table."""
+        is_async = inspect.iscoroutinefunction(method)
+
         @functools.wraps(method)
-        def wrapper(self: InferenceServicer, request: Any, context: Any) -> Any:
+        async def wrapper(self: InferenceServicer, request: Any, context: Any) -> Any:
             try:
                 self._check_auth(context)
+                if is_async:
+                    return await method(self, request, context)
                 return method(self, request, context)
             except MLOSError as exc:
-                context.abort(grpc_status_for(exc), str(exc))
+                await context.abort(grpc_status_for(exc), str(exc))
 
         return wrapper  # type: ignore[return-value]
 
@@ -172,21 +208,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
 
     @_guarded
-    def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-        result = self.plane.infer_blocking(decode_request(request, self.plane.decoder.budget()))
-        response = pb.ModelInferResponse(
-            model_name=result.model, model_version=result.version, id=result.id or ""
-        )
-        for out in result.outputs:
-            tensor = response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-            if out.shm is not None:
-                tensor.parameters["shared_memory_region"].string_param = out.shm.region
-                tensor.parameters["shared_memory_byte_size"].int64_param = out.shm.byte_size
-                response.raw_output_contents.append(b"")  # keeps indices aligned
-            else:
-                assert out.data is not None
-                response.raw_output_contents.append(bytes(to_bytes(out.data)))
-        return response
+    async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        # The message is parsed already (grpc's deserializer, in C); turning it into
+        # arrays runs on the loop when small, on a decode thread when large (typed
+        # `contents` lists are Python work), as REST decodes its bodies.
+        decoder = self.plane.decoder
+        neutral = await decoder.run(request.ByteSize(), False, decode_request, request,
+                                    decoder.budget())
+        return encode_response(await self.plane.infer(neutral))
 
     @_guarded
     def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -200,14 +229,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryIndexResponse(models=models)
 
     @_guarded
-    def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
         params = _params(request.parameters)
         unknown = set(params) - {"config"}
         if unknown:
             raise InvalidInputError(
                 f"load parameters {sorted(unknown)} are not supported (only 'config'; "
                 "model files are registered with POST /models/register)")
-        self.plane.load_model(request.model_name, params.get("config"))
+        # Loads take seconds: on the loop's helper threads, as REST's route does.
+        await asyncio.to_thread(self.plane.load_model, request.model_name, params.get("config"))
         return pb.RepositoryModelLoadResponse()
 
     @_guarded
@@ -252,8 +282,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     @_guarded
-    def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self.plane.unload_model(request.model_name)
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await asyncio.to_thread(self.plane.unload_model, request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @_guarded
@@ -302,24 +332,22 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def start_grpc_server(plane: DataPlane, host: str, port: int) -> tuple[grpc.Server, int]:
+async def start_grpc_server(plane: DataPlane, host: str,
+                            port: int) -> tuple[grpc.aio.Server, int]:
+    """grpc.aio on the running loop (the one uvicorn serves REST on)."""
     settings = plane.settings
-    workers = settings.max_concurrency + 4  # the admitted calls, and room for probes
-    server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="mlos-grpc",
-            # Request-serving threads: throughput class under the mlos_ml scheduler.
-            initializer=plane.kernel.service_thread_started, initargs=("grpc",),
-        ),
-        options=server_options(settings),
-        # Calls waiting for a worker hold their decoded message: past this many in all,
-        # grpc answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
-        maximum_concurrent_rpcs=2 * workers,
-    )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
-    if not bound:
-        raise OSError(f"gRPC cannot bind {address}")
-    server.start()
+    with plane.kernel.service_threads("grpc"):
+        server = grpc.aio.server(
+            options=server_options(settings),
+            # Calls past this many in all (running or waiting on the loop) are answered
+            # RESOURCE_EXHAUSTED at once instead of queueing without bound; admission
+            # still refuses past max_concurrency in the data plane (UNAVAILABLE).
+            maximum_concurrent_rpcs=2 * (settings.max_concurrency + 4),
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bound = server.add_insecure_port(address)
+        if not bound:
+            raise OSError(f"gRPC cannot bind {address}")
+        await server.start()
     return server, bound
