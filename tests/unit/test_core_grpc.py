@@ -124,3 +124,36 @@ def test_generated_modules_are_current(tmp_path: Path) -> None:
         assert _normalised(committed.read_text()) == _normalised(fresh.read_text()), (
             f"{committed} is stale: run python -m mlos_core.protocols.grpc.generate"
         )
+
+
+def test_framed_response_is_the_message_protobuf_would_write() -> None:
+    # ModelInfer's answers are serialised from the output arrays' buffers (no copies):
+    # the bytes must parse as the message protobuf itself builds, outputs in order,
+    # including a shared-memory output's empty placeholder, BYTES and a large tensor.
+    from mlos_core.dataplane import InferResponse, OutputTensor, ShmRef
+    from mlos_core.protocols.grpc.server import encode_response, serialize_infer_response
+    from mlos_core.tensors import to_bytes
+
+    big = np.arange(300_000, dtype=np.float32).reshape(600, 500)[:, ::2]  # not contiguous
+    words = np.array([b"ab", b"", b"\xff" * 200], dtype=object)
+    shm_out = OutputTensor("s", "FP32", (2,), None)
+    shm_out.shm = ShmRef("region", 0, 8)
+    outputs = [OutputTensor("big", "FP32", big.shape, big), shm_out,
+               OutputTensor("words", "BYTES", words.shape, words),
+               OutputTensor("one", "INT32", (1,), np.array([7], dtype=np.int32))]
+    wire = serialize_infer_response(encode_response(InferResponse("m", "1", outputs, "id9")))
+    parsed = triton_pb2.ModelInferResponse.FromString(wire)
+    expected = triton_pb2.ModelInferResponse(model_name="m", model_version="1", id="id9")
+    for out in outputs:
+        tensor = expected.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        if out.shm is not None:
+            tensor.parameters["shared_memory_region"].string_param = "region"
+            tensor.parameters["shared_memory_byte_size"].int64_param = 8
+            expected.raw_output_contents.append(b"")
+        else:
+            expected.raw_output_contents.append(bytes(to_bytes(out.data)))
+    assert parsed == expected
+    assert np.array_equal(np.frombuffer(parsed.raw_output_contents[0], np.float32)
+                          .reshape(big.shape), big)
+    # A plain message (the other methods) is serialised as protobuf does.
+    assert serialize_infer_response(expected) == expected.SerializeToString()

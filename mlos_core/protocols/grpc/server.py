@@ -129,20 +129,93 @@ def decode_request(request: Any, budget: TensorBudget | None = None) -> InferReq
     )
 
 
-def encode_response(result: InferResponse) -> Any:
+class FramedResponse:
+    """A ModelInferResponse without its raw_output_contents, and those contents as the
+    output arrays' own buffers: serialize_infer_response writes them once, straight from
+    the arrays into the message bytes (protobuf's bytes fields would take a copy into
+    `bytes`, another into the message, and a third when serialised)."""
+
+    __slots__ = ("message", "raw")
+
+    def __init__(self, message: Any, raw: list[bytes | memoryview]) -> None:
+        self.message, self.raw = message, raw
+
+
+#: raw_output_contents: field 6, length-delimited (wire type 2).
+_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def serialize_infer_response(response: Any) -> bytes:
+    """The wire form of a FramedResponse (or of a plain message): the message, then each
+    raw output as a field 6 record (a parser takes fields in any order and keeps the
+    order of a repeated field's records)."""
+    if not isinstance(response, FramedResponse):
+        data: bytes = response.SerializeToString()
+        return data
+    parts: list[bytes | memoryview] = [response.message.SerializeToString()]
+    for buffer in response.raw:
+        parts += (_RAW_OUTPUT_TAG, _varint(len(buffer)), buffer)
+    return b"".join(parts)
+
+
+def encode_response(result: InferResponse) -> FramedResponse:
     response = pb.ModelInferResponse(
         model_name=result.model, model_version=result.version, id=result.id or ""
     )
+    raw: list[bytes | memoryview] = []
     for out in result.outputs:
         tensor = response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
         if out.shm is not None:
             tensor.parameters["shared_memory_region"].string_param = out.shm.region
             tensor.parameters["shared_memory_byte_size"].int64_param = out.shm.byte_size
-            response.raw_output_contents.append(b"")  # keeps indices aligned
+            raw.append(b"")  # keeps indices aligned
         else:
             assert out.data is not None
-            response.raw_output_contents.append(bytes(to_bytes(out.data)))
-    return response
+            raw.append(to_bytes(out.data))  # a flat byte view of the array: no copy
+    return FramedResponse(response, raw)
+
+
+_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+class _FramedModelInfer:
+    """Passed to the generated add_..._to_server in place of the server: it registers
+    every method as generated, except that ModelInfer's answers are serialised by
+    serialize_infer_response."""
+
+    def __init__(self, server: Any, servicer: InferenceServicer) -> None:
+        self.server = server
+        self.handler = grpc.unary_unary_rpc_method_handler(
+            servicer.ModelInfer, request_deserializer=pb.ModelInferRequest.FromString,
+            response_serializer=serialize_infer_response)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.server.add_registered_method_handlers(
+            service, dict(handlers, ModelInfer=self.handler))
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        framed = self.handler
+
+        class Generic(grpc.GenericRpcHandler):
+            def service(self, details: Any) -> Any:
+                if details.method == _MODEL_INFER:
+                    return framed
+                for handler in handlers:
+                    found = handler.service(details)
+                    if found is not None:
+                        return found
+                return None
+
+        self.server.add_generic_rpc_handlers((Generic(),))
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -344,7 +417,9 @@ async def start_grpc_server(plane: DataPlane, host: str,
             # still refuses past max_concurrency in the data plane (UNAVAILABLE).
             maximum_concurrent_rpcs=2 * (settings.max_concurrency + 4),
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+        servicer = InferenceServicer(plane)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            servicer, _FramedModelInfer(server, servicer))
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         bound = server.add_insecure_port(address)
         if not bound:
