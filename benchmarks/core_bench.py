@@ -415,17 +415,25 @@ GRPC_START, GRPC_END = "<!-- grpc:start -->", "<!-- grpc:end -->"
 
 
 def _mlos_server(repo: Path, tmp: Path, rest: int, grpc_port: int,
-                 tree: Path | None = None) -> subprocess.Popen[bytes]:
+                 tree: Path | None = None, transport_only: bool = False
+                 ) -> subprocess.Popen[bytes]:
     """`mlos-core serve` from this tree, or from `tree` (run there, so its mlos_core is
-    the one imported)."""
+    the one imported); `transport_only`: core_grpc_transport.py's cached ModelInfer."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
+    entry = [str(ROOT / "benchmarks" / "core_grpc_transport.py")] if transport_only \
+        else ["-m", "mlos_core"]
     return subprocess.Popen([
-        sys.executable, "-m", "mlos_core", "serve", "--rest-port", str(rest),
+        sys.executable, *entry, "serve", "--rest-port", str(rest),
         "--grpc-port", str(grpc_port), "--model-repository", str(repo),
         "--sysfs-root", str(tmp), "--log-level", "warning"],
         env=env, cwd=str(tree) if tree is not None else None)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def bench_grpc(quick: bool, before: Path | None) -> str:
@@ -442,38 +450,70 @@ def bench_grpc(quick: bool, before: Path | None) -> str:
         "--port", str(bench.base_rest), "--grpc-port", str(bench.base_grpc),
         "--mlp", str(bench.mlp_path), "--double", str(bench.double_path),
     ], env=dict(os.environ, OMP_NUM_THREADS="1")))
-    paths: list[tuple[str, Callable[[], Callable[[], None]]]] = [
-        ("grpcio no-op unary (floor)", bench.grpc_noop()),
-        ("MLOS gRPC (tritonclient)", bench.triton("mlp", "grpc", True)),
-        ("MLOS REST binary (tritonclient)", bench.triton("mlp", "http", True)),
+    # (label, client factory, the server process whose CPU time it costs)
+    paths: list[tuple[str, Callable[[], Callable[[], None]], int]] = [
+        ("grpcio no-op unary (floor)", bench.grpc_noop(), procs[1].pid),
+        ("MLOS gRPC (tritonclient)", bench.triton("mlp", "grpc", True), procs[0].pid),
+        ("MLOS REST binary (tritonclient)", bench.triton("mlp", "http", True), procs[0].pid),
     ]
+    saved = bench.grpc
+    cached_rest, bench.grpc = free_port(), free_port()
+    procs.append(_mlos_server(bench.repo, tmp, cached_rest, bench.grpc, transport_only=True))
+    paths.insert(2, ("MLOS gRPC transport only (cached answer)",
+                     bench.triton("mlp", "grpc", True), procs[-1].pid))
+    # The 16 MiB tensor (y = 2x), c=1: where copies of raw_output_contents show.
+    cached_grpc, bench.grpc = bench.grpc, saved
+    big_paths = [("MLOS gRPC (tritonclient)", bench.triton("double", "grpc", True),
+                  procs[0].pid)]
+    bench.grpc = cached_grpc
     if before is not None:
-        old_rest, old_grpc = free_port(), free_port()
-        procs.append(_mlos_server(bench.repo, tmp, old_rest, old_grpc, before))
-        saved = bench.grpc
-        bench.grpc = old_grpc
-        paths.insert(1, ("MLOS gRPC before (tritonclient)", bench.triton("mlp", "grpc", True)))
-        bench.grpc = saved
+        old_rest, bench.grpc = free_port(), free_port()
+        procs.append(_mlos_server(bench.repo, tmp, old_rest, bench.grpc, before))
+        paths.insert(1, ("MLOS gRPC before (tritonclient)", bench.triton("mlp", "grpc", True),
+                         procs[-1].pid))
+        big_paths.append(("MLOS gRPC before (tritonclient)",
+                          bench.triton("double", "grpc", True), procs[-1].pid))
+    bench.grpc = saved
     load_before = os.getloadavg()
     results: dict[tuple[str, int], Result] = {}
+    #: CPU seconds (server process, this client process) per path and concurrency.
+    cpu: dict[tuple[str, int], list[float]] = {}
+    big: dict[str, Result] = {}
+    big_cpu: dict[str, list[float]] = {}
     blocks = 3 if quick else 6
     try:
         wait_http(f"http://127.0.0.1:{bench.rest}/v2/health/ready")
         wait_http(f"http://127.0.0.1:{bench.base_rest}/noop")
+        wait_http(f"http://127.0.0.1:{cached_rest}/v2/health/ready")
         if before is not None:
             wait_http(f"http://127.0.0.1:{old_rest}/v2/health/ready")
         for block in range(blocks):
             for c in (1, 8):
                 total = (300 if quick else 1000) * (1 if c == 1 else 2)
                 order = paths if block % 2 == 0 else list(reversed(paths))
-                for label, factory in order:
+                for label, factory, pid in order:
+                    server0, client0 = _cpu_seconds(pid), time.process_time()
                     part = measure(label, "mlp", c, total, factory)
+                    spent = cpu.setdefault((label, c), [0.0, 0.0])
+                    spent[0] += _cpu_seconds(pid) - server0
+                    spent[1] += time.process_time() - client0
                     key = (label, c)
                     if key in results:
                         results[key].latencies += part.latencies
                         results[key].wall += part.wall
                     else:
                         results[key] = part
+            order = big_paths if block % 2 == 0 else list(reversed(big_paths))
+            for label, factory, pid in order:
+                server0 = _cpu_seconds(pid)
+                part = measure(label, "16MiB", 1, 10 if quick else 20, factory, warmup=2)
+                spent = big_cpu.setdefault(label, [0.0])
+                spent[0] += _cpu_seconds(pid) - server0
+                if label in big:
+                    big[label].latencies += part.latencies
+                    big[label].wall += part.wall
+                else:
+                    big[label] = part
     finally:
         for proc in procs:
             proc.terminate()
@@ -485,9 +525,14 @@ def bench_grpc(quick: bool, before: Path | None) -> str:
     ours8 = results[("MLOS gRPC (tritonclient)", 8)]
     share = ours8.throughput / floor8.throughput
     ratio = ours1.p50 / floor1.p50
+    def per_request(key: tuple[str, int], which: int) -> str:
+        return fmt(cpu[key][which] / len(results[key].latencies))
+
     rows = [f"| {label} | {c} | {fmt(r.p50)} | {fmt(r.pct(0.9))} | {fmt(r.pct(0.99))} | "
             f"{r.throughput:.1f} | {r.throughput / results[(paths[0][0], c)].throughput:.2f} "
-            f"| {r.p50 / results[(paths[0][0], c)].p50:.2f} | {len(r.latencies)} |"
+            f"| {r.p50 / results[(paths[0][0], c)].p50:.2f} | "
+            f"{per_request((label, c), 0)} | {per_request((label, c), 1)} | "
+            f"{len(r.latencies)} |"
             for (label, c), r in sorted(results.items(), key=lambda kv: kv[0][1])]
     command = "python benchmarks/core_bench.py --grpc" + (" --quick" if quick else "") + \
         (" --before DIR" if before is not None else "")
@@ -510,7 +555,20 @@ def bench_grpc(quick: bool, before: Path | None) -> str:
         f"| c=1: gRPC p50 at most 1.5x the floor's | {fmt(ours1.p50)} vs {fmt(floor1.p50)} "
         f"({ratio:.2f}x) | {'yes' if ratio <= 1.5 else 'no'} |", "",
         "| path | concurrency | p50 | p90 | p99 | requests/s | throughput / floor | "
-        "p50 / floor | n |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
+        "p50 / floor | server CPU / request | client CPU / request | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+        "The 16 MiB tensor (y = 2x, 16 MiB in, 16 MiB out) at c=1, in the same blocks:", "",
+        "| path | p50 | p90 | server CPU / request | n |", "|---|---|---|---|---|",
+        *[f"| {label} | {fmt(r.p50)} | {fmt(r.pct(0.9))} | "
+          f"{fmt(big_cpu[label][0] / len(r.latencies))} | {len(r.latencies)} |"
+          for label, r in big.items()], "",
+        "CPU per request: user + system time of the serving process (/proc/PID/stat) and "
+        "of this benchmark process (all its client threads) over each block, divided by "
+        "the requests it completed. With clients and servers on the same two cores, "
+        "throughput at c=8 is bounded by their sum. The transport-only row is the same "
+        "service whose ModelInfer returns its first answer again "
+        "(benchmarks/core_grpc_transport.py): grpc.aio, the key check and the messages, "
+        "without decoding, the data plane or the model.", "",
         GRPC_END, ""])
 
 

@@ -283,11 +283,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_guarded
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         # The message is parsed already (grpc's deserializer, in C); turning it into
-        # arrays runs on the loop when small, on a decode thread when large (typed
-        # `contents` lists are Python work), as REST decodes its bodies.
+        # arrays runs on the loop unless that is Python work on a large message (typed
+        # `contents` lists, BYTES elements): then on a decode thread, as REST decodes its
+        # bodies. Raw numeric tensors become views of the message, at any size.
         decoder = self.plane.decoder
-        neutral = await decoder.run(request.ByteSize(), False, decode_request, request,
-                                    decoder.budget())
+        views = request.raw_input_contents and \
+            all(tensor.datatype != "BYTES" for tensor in request.inputs)
+        neutral = await decoder.run(0 if views else request.ByteSize(), False,
+                                    decode_request, request, decoder.budget())
         return encode_response(await self.plane.infer(neutral))
 
     @_guarded
