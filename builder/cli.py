@@ -144,7 +144,7 @@ def cmd_build(args: argparse.Namespace, progress: Progress) -> int:
     result = target.build(args.output_dir.resolve())
     progress(f"built {result.image} in {result.seconds:.0f}s")
     others = list(result.others)
-    if "sign_key" in vars(args):  # the target makes disk images: release artifacts too
+    if target.release_artifacts:
         others += release.make_artifacts(result.image, progress,
                                           release.options_from_args(args), result.manifest)
     for other in others:

@@ -85,6 +85,7 @@ class MkosiDiskTarget(Target):
 
     name = "mkosi-disk"
     summary = "a {command} image (raw UEFI disk)"
+    release_artifacts = True
     spec: ImageSpec
     # mkosi 24.3 names its incremental cache by distribution, release and architecture
     # only: targets of the same distribution keep theirs apart, or each evicts the other's.

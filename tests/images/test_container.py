@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +119,15 @@ def host_image(archive: Path) -> Iterator[str]:
     subprocess.run(["podman", "rmi", "-f", ref], capture_output=True, check=False)
 
 
-def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
+def wait_ready(url: str, timeout_s: float,
+               alive: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+    """The service's /health once a model is ready; fails at the deadline or as soon as
+    `alive()` says the thing serving it (a guest) is gone."""
     import requests
 
     deadline = time.monotonic() + timeout_s
     while True:
+        assert alive(), f"what serves {url} stopped before /health was ready"
         try:
             health = requests.get(f"{url}/health", timeout=5).json()
             if health["models"]["ready"] >= 1:
@@ -289,7 +293,7 @@ def test_guest_userspace_answers_tritonclient_through_the_port_forward(
     boot = threading.Thread(target=guest)
     boot.start()
     try:
-        wait_ready(f"http://127.0.0.1:{rest}", BOOT_TIMEOUT_S)
+        wait_ready(f"http://127.0.0.1:{rest}", BOOT_TIMEOUT_S, boot.is_alive)
         triton_demo(f"127.0.0.1:{rest}", f"127.0.0.1:{grpc}")
         import tritonclient.http as httpclient
 
@@ -360,7 +364,6 @@ def ignition_files(ignition: dict[str, Any], dest: Path, prefix: str = "/etc/mlo
         path.write_bytes(body)
 
 
-@pytest.mark.extended
 @pytest.mark.parametrize("variant", ["full"])
 def test_guest_merges_the_sysext_and_runs_the_container_with_the_module(
         guest_image: Path, archive: Path, share: Path, tmp_path: Path, variant: str) -> None:

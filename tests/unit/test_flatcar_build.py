@@ -41,10 +41,18 @@ VARIANT = "scheduler"
 NAME = f"mlos-{VARIANT}-{TREE_VERSION}-x86-64"
 
 
-def command(tree: Path, out: Path, archive: Path) -> list[str]:
+def command(tree: Path, out: Path, archive: Path, *signing: str) -> list[str]:
     return [sys.executable, "-m", "mlos_build.cli", "flatcar", "--variant", VARIANT,
             "--flatcar-version", TREE_VERSION, "--kernel-build-tree", str(tree),
-            "--container-archive", str(archive), "--output-dir", str(out)]
+            "--container-archive", str(archive), "--output-dir", str(out), *signing]
+
+
+def signing_key(directory: Path) -> tuple[Path, Path]:
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-days", "1", "-subj", "/CN=mlos test signing", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    return key, cert
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +66,13 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     archive.write_bytes(b"an image archive stands in here\n" * 128)
     env = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH}
     outs = [work / "a", work / "b"]
-    procs = [subprocess.Popen(command(tree, out, archive), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for out in outs]
+    # Both sign the module (signatures with one key are deterministic): --sign-key is the
+    # module's key here, never a gpg key for SHA256SUMS as on disk images.
+    key, cert = signing_key(work)
+    signing = ("--sign-key", str(key), "--sign-cert", str(cert))
+    procs = [subprocess.Popen(command(tree, out, archive, *signing), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for out in outs]
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=840)
         assert proc.returncode == 0, stderr
@@ -111,6 +124,9 @@ def test_the_extension_holds_what_the_issue_lists(builds: tuple[Path, Path, Path
     vermagic = ko[ko.index(b"vermagic=") + 9:].split(b"\0")[0].decode()
     assert vermagic.split()[0] == release
     assert b".debug_info" not in ko  # stripped, as modules_install does
+    assert ko.endswith(b"~Module signature appended~\n")
+    # An extension is no disk: no block map, qcow2 or gpg signature beside it.
+    assert not [p.name for p in out.iterdir() if p.suffix in (".bmap", ".qcow2", ".asc")]
     assert stat.S_IMODE((unpacked / "usr/libexec/mlos/mlos-ml-load").stat().st_mode) == 0o755
 
     manifest = json.loads((out / f"{NAME}.manifest.json").read_text())
@@ -167,10 +183,7 @@ def test_sign_key_signs_the_module_with_the_trees_sign_file(
     release = kernel_release(headers)
     ko.write_bytes(lzma.decompress(
         (unpacked / f"usr/lib/modules/{release}/extra/mlos_ml.ko.xz").read_bytes()))
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-days", "1", "-subj", "/CN=mlos test signing", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True)
+    key, cert = signing_key(tmp_path)
     tree = KernelTree(build=headers, release=str(release), os_release={},
                       config=parse_config((headers / ".config").read_text()))
     unsigned = ko.read_bytes()
