@@ -170,6 +170,11 @@ class BatchEngine:
                                         daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> int:
+        """Requests in a slot now."""
+        return len(self._running)
+
     # ---- called from request threads -------------------------------------------------
     def submit(self, stream: BatchStream) -> None:
         """Queue a request (ServerBusyError when the slots and the queue are full)."""
@@ -203,7 +208,9 @@ class BatchEngine:
         while True:
             with self.queue.cond:
                 while True:
-                    self._reap_waiting()
+                    # Cancelled requests leave before the waiting ones take their turn,
+                    # so a freed slot is decoding for the next request in this step.
+                    self._reap()
                     self._admit()
                     if self._running:
                         break
@@ -217,7 +224,10 @@ class BatchEngine:
                 for ticket in list(self._running):
                     self._finish(ticket, "error", exc)
 
-    def _reap_waiting(self) -> None:
+    def _reap(self) -> None:
+        for ticket, running in list(self._running.items()):
+            if running.stream.cancelled.is_set():
+                self._finish(ticket, "cancelled")
         for ticket, stream in list(self._waiting.items()):
             if stream.cancelled.is_set():
                 del self._waiting[ticket]
@@ -301,12 +311,7 @@ class BatchEngine:
     def _step(self) -> None:
         lib, batch = self._lib, self._batch
         with self.queue.cond:
-            for ticket, running in list(self._running.items()):
-                if running.stream.cancelled.is_set():
-                    self._finish(ticket, "cancelled")
             entries = list(self._running.values())
-        if not entries:
-            return
         n = sequences = 0
         budget = self.n_batch
         # Decoding requests first (one token each), then prompt pieces in arrival order.
