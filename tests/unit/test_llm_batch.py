@@ -210,3 +210,68 @@ def test_a_bad_request_fails_alone(server: Any, client: openai.OpenAI) -> None:
                 finish.append(chunk.choices[0].finish_reason)
     assert finish == ["length", "length"]
     assert all(t.strip() for t in texts)
+
+
+def test_an_error_inside_the_batch_fails_only_its_request(tmp_path: Any) -> None:
+    # In-process, on a tiny model: a sampler that breaks for one request (as a bad
+    # setting reaching llama.cpp would) ends that stream with the error; the requests
+    # decoding beside it go on to their normal end.
+    from llm_support import write_tiny_gguf
+
+    from mlos_core.backends.base import ModelSource
+    from mlos_core.backends.capabilities import GenerationParams
+    from mlos_core.backends.llama_cpp import LlamaCppBackend
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    backend = LlamaCppBackend(ModelSource("tiny", "1", tmp_path,
+                                          {"context_size": 256, "parallel": 3},
+                                          model_file=path))
+    backend.load()
+    try:
+        engine = backend.engine
+        sample = engine._sample
+        broken = GenerationParams(max_tokens=20, temperature=0, seed=666)
+
+        def failing(running: Any) -> Any:
+            if running.stream.params is broken and running.stream.result.completion_tokens:
+                raise RuntimeError("sampler failed")
+            return sample(running)
+
+        engine._sample = failing  # type: ignore[method-assign]
+        good = GenerationParams(max_tokens=20, temperature=0)
+        streams = [backend.start(backend.tokenize("the cat"), good),
+                   backend.start(backend.tokenize("the cat"), broken),
+                   backend.start(backend.tokenize("the dog"), good)]
+        out: list[Any] = [None] * 3
+
+        def run(i: int) -> None:
+            try:
+                out[i] = "".join(streams[i])
+            except RuntimeError as exc:
+                out[i] = exc
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert isinstance(out[1], RuntimeError) and streams[1].result.finish_reason == "error"
+        assert [s.result.finish_reason for s in (streams[0], streams[2])] == ["length"] * 2
+        assert [s.result.completion_tokens for s in (streams[0], streams[2])] == [20, 20]
+        assert engine.journal.max_batch_sequences == 3
+        assert backend._queue.depth == 0
+    finally:
+        backend.unload()
+
+
+def test_the_queue_runs_parallel_tickets_and_bounds_the_rest() -> None:
+    from mlos_core.backends.capabilities import ContextQueue
+    from mlos_core.errors import ServerBusyError
+
+    queue = ContextQueue(max_waiting=1, slots=2)
+    first, second, third = queue.admit(), queue.admit(), queue.admit()
+    assert queue.front() == [first, second]  # two run, one waits
+    with pytest.raises(ServerBusyError, match=r"1 requests already wait .*queue_size 1"):
+        queue.admit()
+    queue.release(first)
+    assert queue.front() == [second, third]
