@@ -178,11 +178,10 @@ class BatchEngine:
     # ---- called from request threads -------------------------------------------------
     def submit(self, stream: BatchStream) -> None:
         """Queue a request (ServerBusyError when the slots and the queue are full)."""
-        ticket = self.queue.admit(stream.cancelled)
-        stream.ticket = ticket
-        with self.queue.cond:
+        with self.queue.cond:  # in line and known to the engine at once
+            ticket = self.queue.admit(stream.cancelled)
+            stream.ticket = ticket
             self._waiting[ticket] = stream
-            self.queue.cond.notify_all()
 
     def wake(self) -> None:
         self.queue.wake()
