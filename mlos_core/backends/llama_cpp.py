@@ -15,8 +15,8 @@ Settings (model config keys; defaults come from the service settings `llm_*`):
     batch_size    prompt-processing batch size
     gpu_layers    layers offloaded to a GPU (llama.cpp built with GPU support)
     parallel      requests decoded together in one batch (slots; 0: one per 512 tokens
-                  of context_size, 1 to 4). Each slot has the whole context_size: the KV
-                  cache holds context_size x parallel tokens
+                  of context_size, 1 to 4, at most 16384 KV tokens in all). Each slot has
+                  the whole context_size: the KV cache holds context_size x parallel
     queue_size    requests that may wait behind the running ones (more get 503)
     chat_format   gemma | chatml | llama-3, for models without a chat template
     chat_template Jinja chat template text (overrides the GGUF one)

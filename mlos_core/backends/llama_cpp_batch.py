@@ -45,10 +45,15 @@ _END = object()
 PENALTY_LAST_N = 64
 
 
+#: The KV cache `parallel: 0` may give a model in all (tokens): slots x context_size.
+AUTO_KV_TOKENS = 16384
+
+
 def auto_parallel(context_size: int) -> int:
-    """Slots when the config says 0: one per 512 tokens of context, at most 4 (a small
-    context leaves no room to split; more than 4 rarely pays on a CPU)."""
-    return max(1, min(4, context_size // 512))
+    """Slots when the config says 0: one per 512 tokens of context, at most 4 (more rarely
+    pays on a CPU), and no more than AUTO_KV_TOKENS of KV cache in all (a model served at
+    its 32k training context gets one slot, not four times that memory)."""
+    return max(1, min(4, context_size // 512, AUTO_KV_TOKENS // max(1, context_size)))
 
 
 def held_back(text: bytearray, stops: list[bytes]) -> int:

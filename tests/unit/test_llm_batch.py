@@ -275,3 +275,16 @@ def test_the_queue_runs_parallel_tickets_and_bounds_the_rest() -> None:
         queue.admit()
     queue.release(first)
     assert queue.front() == [second, third]
+
+
+def test_parallel_defaults_from_the_context_size() -> None:
+    from mlos_core.backends.llama_cpp import LlamaSettings
+    from mlos_core.backends.llama_cpp_batch import auto_parallel
+    from mlos_core.errors import ModelLoadError
+
+    # One slot per 512 tokens, at most 4, at most 16384 KV tokens in all.
+    assert [auto_parallel(n) for n in (256, 1024, 2048, 8192, 32768)] == [1, 2, 4, 2, 1]
+    assert LlamaSettings.from_config({"parallel": 3}, {"parallel": 1}).parallel == 3
+    assert LlamaSettings.from_config({}, {"parallel": 2}).parallel == 2
+    with pytest.raises(ModelLoadError, match="parallel must be >= 0"):
+        LlamaSettings.from_config({"parallel": -1})
