@@ -449,7 +449,19 @@ Machine: {r['cpus']} CPUs shared with other work; load average before
 {r['loadavg_before'][0]:.2f}, after {r['loadavg_after'][0]:.2f} (1-minute).
 """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(replace_section(path.read_text() if path.exists() else "", text))
+
+
+BEGIN, END = "<!-- llm_bench.py: begin -->", "<!-- llm_bench.py: end -->"
+
+
+def replace_section(old: str, section: str) -> str:
+    """This run's figures between the markers; what the file holds around them stays."""
+    block = f"{BEGIN}\n{section}{END}\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        return head + block + rest.split(END, 1)[1].removeprefix("\n")
+    return block + ("\n" + old if old else "")
 
 
 if __name__ == "__main__":
