@@ -8,7 +8,8 @@ concurrency 1 and 4:
   llama-server  llama.cpp's own server, built once from the source the pinned
                 llama-cpp-python sdist vendors (benchmarks/llama_server_build.py), -np 4
   lcp-server    llama-cpp-python's own server (`python -m llama_cpp.server`), one
-                request at a time
+                request at a time (--interrupt_requests false: by default a new request
+                ends the running stream)
 
 Same model file, threads, batch size and per-request context everywhere (the two batching
 servers get context x 4 split into 4 slots), flash attention off everywhere (Llama's
@@ -263,6 +264,8 @@ def main() -> int:
             "--model_alias", "gemma3-270m", "--host", "127.0.0.1",
             "--port", str(ports["lcp-server"]), "--n_ctx", str(ctx), "--n_threads", t,
             "--n_threads_batch", t, "--n_batch", batch,
+            # Its default ends the running stream when another request arrives.
+            "--interrupt_requests", "false",
         ],
     }
     health = {"mlos": "/health", "llama-server": "/health", "lcp-server": "/v1/models"}
