@@ -113,6 +113,15 @@ def run_in_process(llm: Any, prompt: str, max_tokens: int = MAX_TOKENS) -> Sampl
 
 def run_http(client: httpx.Client, url: str, model: str, prompt: str,
              max_tokens: int = MAX_TOKENS) -> Sample:
+    try:
+        return _run_http(client, url, model, prompt, max_tokens)
+    except httpx.RemoteProtocolError:
+        # A keep-alive connection the server closed while idle: once more, on a new one.
+        return _run_http(client, url, model, prompt, max_tokens)
+
+
+def _run_http(client: httpx.Client, url: str, model: str, prompt: str,
+              max_tokens: int) -> Sample:
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
