@@ -140,6 +140,15 @@ class Settings(BaseSettings):
     llm_queue_size: int = Field(
         16, ge=0, description="LLM requests that may wait per model before 503"
     )
+    llm_parallel: int = Field(
+        0, ge=0, le=256, description="LLM requests decoded together per model, each with "
+        "the whole context (0: one per 512 tokens of context, 1 to 4, at most 16384 KV "
+        "tokens in all)",
+    )
+    llm_prompt_cache: bool = Field(
+        False, description="LLM requests start after the prompt prefix a slot's KV cache "
+        "shares with them (faster; greedy texts may then depend on what ran before)",
+    )
 
     @field_validator("import_roots", mode="before")
     @classmethod

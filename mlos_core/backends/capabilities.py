@@ -63,6 +63,8 @@ class GenerationResult:
     finish_reason: str | None = None
     #: time.perf_counter() when the model produced its first token (None before).
     first_token_at: float | None = None
+    #: Prompt tokens whose KV cache an earlier request left (not evaluated again).
+    cached_tokens: int = 0
 
 
 class TextStream(ABC):
@@ -131,13 +133,15 @@ class _Ticket:
 
 
 class ContextQueue:
-    """A fair (FIFO) bounded queue in front of one model context, which serves one request
-    at a time. `max_waiting` requests may wait behind the running one; more get
-    ServerBusyError (HTTP 503) at admission, before any response is started."""
+    """A fair (FIFO) bounded queue in front of one model context, which serves `slots`
+    requests at a time (the first `slots` tickets in line run). `max_waiting` requests may
+    wait behind the running ones; more get ServerBusyError (HTTP 503) at admission, before
+    any response is started."""
 
-    def __init__(self, max_waiting: int) -> None:
+    def __init__(self, max_waiting: int, slots: int = 1) -> None:
         self.max_waiting = max(0, max_waiting)
-        self._cond = threading.Condition()
+        self.slots = max(1, slots)
+        self.cond = threading.Condition()
         self._line: deque[_Ticket] = deque()
         self._closed = False
 
@@ -147,50 +151,56 @@ class ContextQueue:
         return len(self._line)
 
     def admit(self, cancelled: threading.Event | None = None) -> _Ticket:
-        with self._cond:
+        with self.cond:
             if self._closed:
                 raise ModelNotReadyError("the model is being unloaded; retry later")
-            if len(self._line) > self.max_waiting:
+            if len(self._line) >= self.slots + self.max_waiting:
                 raise ServerBusyError(
-                    f"the model is busy: {len(self._line) - 1} requests already wait for it "
-                    f"(queue_size {self.max_waiting}); retry later"
+                    f"the model is busy: {len(self._line) - self.slots} requests already "
+                    f"wait for it (queue_size {self.max_waiting}); retry later"
                 )
             ticket = _Ticket(cancelled or threading.Event())
             self._line.append(ticket)
+            self.cond.notify_all()
             return ticket
+
+    def front(self) -> list[_Ticket]:
+        """The tickets whose turn it is (at most `slots`)."""
+        with self.cond:
+            return list(self._line)[: self.slots]
 
     def acquire(self, ticket: _Ticket) -> bool:
         """Wait for the ticket's turn. False (and the ticket leaves the line) if it was
         cancelled first."""
-        with self._cond:
+        with self.cond:
             while True:
                 if ticket.cancelled.is_set():
                     self._remove(ticket)
                     return False
-                if self._line[0] is ticket:
+                if ticket in list(self._line)[: self.slots]:
                     return True
                 # cancel() from another thread calls wake(); the timeout is a safety net.
-                self._cond.wait(0.5)
+                self.cond.wait(0.5)
 
     def release(self, ticket: _Ticket) -> None:
-        with self._cond:
+        with self.cond:
             self._remove(ticket)
 
     def close(self, timeout: float) -> bool:
         """Refuse new requests, cancel every admitted one and wait until the line is empty
         (the model is about to be unloaded). False if one still ran at the timeout."""
-        with self._cond:
+        with self.cond:
             self._closed = True
             for ticket in self._line:
                 ticket.cancelled.set()
-            self._cond.notify_all()
-            return self._cond.wait_for(lambda: not self._line, timeout)
+            self.cond.notify_all()
+            return self.cond.wait_for(lambda: not self._line, timeout)
 
     def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
 
     def _remove(self, ticket: _Ticket) -> None:
         if ticket in self._line:
             self._line.remove(ticket)
-            self._cond.notify_all()
+            self.cond.notify_all()

@@ -1,37 +1,39 @@
 # SPDX-License-Identifier: Apache-2.0
 """The llama.cpp backend (llama-cpp-python) for `.gguf` language models.
 
-One loaded model owns one llama.cpp context, which serves one request at a time: requests
-wait in a fair bounded queue (ContextQueue) and get ServerBusyError when it is full. The
-generation loop is ours (token by token over `Llama.generate`), so a cancelled stream frees
-the context after the token being decoded, and token counts are exact. At temperature 0
-the text equals `Llama.create_completion`'s for the same prompt and settings.
+One loaded model owns one llama.cpp context with `parallel` slots, decoded together by
+one engine thread (continuous batching, llama_cpp_batch.BatchEngine): up to `parallel`
+requests decode in every `llama_decode` step, the rest wait in a fair bounded queue
+(ContextQueue) and get ServerBusyError when it is full. Requests join and leave the batch
+between steps, so a cancelled stream frees its slot for the next request within one step,
+and token counts are exact. At temperature 0 a request alone in the batch gives the text
+`Llama.create_completion` gives for the same prompt and settings.
 
 Settings (model config keys; defaults come from the service settings `llm_*`):
     context_size  tokens in the context (0: the model's training context)
     threads       CPU threads for decoding and prompt processing (0: every core)
     batch_size    prompt-processing batch size
     gpu_layers    layers offloaded to a GPU (llama.cpp built with GPU support)
-    queue_size    requests that may wait behind the running one (more get 503)
+    parallel      requests decoded together in one batch (slots; 0: one per 512 tokens
+                  of context_size, 1 to 4, at most 16384 KV tokens in all). Each slot has
+                  the whole context_size: the KV cache holds context_size x parallel
+    queue_size    requests that may wait behind the running ones (more get 503)
     chat_format   gemma | chatml | llama-3, for models without a chat template
     chat_template Jinja chat template text (overrides the GGUF one)
     embeddings    true: also load an embedding context (/v1/embeddings)
     max_tokens    default completion length for the tensor (KServe / MLOS) route
-    prompt_cache  true: reuse the KV cache of the previous request's common prefix (faster
-                  multi-turn chat, but results then depend on what ran before: the float
-                  sums of a prompt evaluated in pieces differ in the last bits, enough to
-                  change a greedy choice). Off: every request is evaluated from scratch
-                  and equals a fresh in-process llama-cpp-python run.
+    prompt_cache  true: a request starts after the longest prefix its prompt shares with
+                  what a free slot's KV cache holds from the request before (faster
+                  multi-turn chat and shared system prompts, but results then depend on
+                  what ran before: the float sums of a prompt evaluated in pieces differ in
+                  the last bits, enough to change a greedy choice). Off: every request is
+                  evaluated from scratch.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
-import secrets
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -49,8 +51,8 @@ from .capabilities import (
     GenerationParams,
     TextGenerator,
     TextStream,
-    _Ticket,
 )
+from .llama_cpp_batch import BatchEngine, BatchStream, auto_parallel
 from .llama_cpp_chat import ChatRenderer
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class LlamaSettings:
     batch_size: int = 512
     gpu_layers: int = 0
     queue_size: int = 16
+    parallel: int = 0
     embeddings: bool = False
     max_tokens: int = 128
     seed: int = 0xFFFFFFFF
@@ -91,7 +94,7 @@ class LlamaSettings:
             settings = cls(**typed)
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"bad llama.cpp setting in the model config: {exc}") from exc
-        for name in ("context_size", "threads", "batch_size", "queue_size"):
+        for name in ("context_size", "threads", "batch_size", "queue_size", "parallel"):
             if getattr(settings, name) < 0:
                 raise ModelLoadError(f"model config {name} must be >= 0")
         # Bounded like every thread count (backends.base.thread_count).
@@ -144,11 +147,21 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
     def __init__(self, source: ModelSource) -> None:
         super().__init__(source)
         self.settings = LlamaSettings.from_config(source.config, service_defaults(source))
-        self._llama: Any = None
+        self._model: Any = None  # llama_cpp._internals.LlamaModel
+        self._context: Any = None  # its LlamaContext, used by the engine thread only
+        self._engine: BatchEngine | None = None
         self._embedder: Any = None
         self._chat: ChatRenderer | None = None
-        self._queue = ContextQueue(self.settings.queue_size)
         self._embed_queue = ContextQueue(self.settings.queue_size)
+
+    @property
+    def _queue(self) -> ContextQueue:
+        """The generation queue: its first `parallel` tickets decode, the rest wait."""
+        return self._require_engine().queue
+
+    @property
+    def engine(self) -> BatchEngine:
+        return self._require_engine()
 
     # ---- Backend ---------------------------------------------------------------------
     def _model_file(self) -> str:
@@ -162,25 +175,40 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
 
     def load(self) -> None:
         llama_cpp = _import_llama()
+        from llama_cpp import _internals
+
         path = self._model_file()
         s = self.settings
-        common = dict(
-            model_path=path,
-            n_ctx=s.context_size,
-            n_threads=s.n_threads,
-            n_threads_batch=s.n_threads,
-            n_batch=s.batch_size,
-            n_gpu_layers=s.gpu_layers,
-            seed=s.seed,
-            verbose=False,
-        )
         try:
-            self._llama = llama_cpp.Llama(**common)
+            model_params = llama_cpp.llama_model_default_params()
+            model_params.n_gpu_layers = 0x7FFFFFFF if s.gpu_layers == -1 else s.gpu_layers
+            _quiet_backend(llama_cpp)
+            self._model = _internals.LlamaModel(path_model=path, params=model_params,
+                                                verbose=False)
+            n_ctx_seq = s.context_size or int(self._model.n_ctx_train())
+            parallel = s.parallel or auto_parallel(n_ctx_seq)
+            n_batch = min(s.batch_size, n_ctx_seq)
+            self._context = _internals.LlamaContext(
+                model=self._model,
+                params=_context_params(llama_cpp, s, n_ctx_seq, parallel, n_batch),
+                verbose=False,
+            )
+            self._engine = BatchEngine(
+                llama_cpp, self._model, self._context, slots=parallel, n_batch=n_batch,
+                queue_size=s.queue_size, prompt_cache=s.prompt_cache,
+                name=self.source.name,
+            )
             if s.embeddings:
-                arch = self._llama.metadata.get("general.architecture", "")
+                common = dict(
+                    model_path=path, n_ctx=s.context_size, n_threads=s.n_threads,
+                    n_threads_batch=s.n_threads, n_batch=s.batch_size,
+                    n_gpu_layers=s.gpu_layers, seed=s.seed, verbose=False,
+                )
+                metadata = self._model.metadata()
+                arch = metadata.get("general.architecture", "")
                 pooling = (
                     llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
-                    if f"{arch}.pooling_type" in self._llama.metadata
+                    if f"{arch}.pooling_type" in metadata
                     else llama_cpp.LLAMA_POOLING_TYPE_MEAN
                 )
                 self._embedder = llama_cpp.Llama(
@@ -189,28 +217,29 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
         except (ValueError, RuntimeError, OSError) as exc:
             self.unload()
             raise ModelLoadError(f"{path}: llama.cpp could not load it: {exc}") from exc
-        llama = self._llama
+        model = self._model
         self._chat = ChatRenderer(
             self.source.config,
-            llama.metadata,
-            bos_token=self._token_text(llama.token_bos()),
-            eos_token=self._token_text(llama.token_eos()),
+            model.metadata(),
+            bos_token=self._token_text(model.token_bos()),
+            eos_token=self._token_text(model.token_eos()),
         )
         log.info(
-            "loaded %s (n_ctx %d, %d threads, chat: %s, embeddings: %s)",
-            path, llama.n_ctx(), s.n_threads, self._chat.source, bool(self._embedder),
+            "loaded %s (%d slots of %d tokens, %d threads, prompt cache %s, chat: %s, "
+            "embeddings: %s)", path, parallel, self._engine.n_ctx_seq, s.n_threads,
+            s.prompt_cache, self._chat.source, bool(self._embedder),
         )
 
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return bytes(self._llama.detokenize([token], special=True)).decode(
+        return bytes(self._model.detokenize([token], special=True)).decode(
             "utf-8", errors="ignore"
         )
 
     @property
     def ready(self) -> bool:
-        return self._llama is not None
+        return self._engine is not None
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -242,37 +271,47 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
 
     def unload(self) -> None:
         # Requests still running hold pointers into the model: stop them first (each
-        # notices within one token), or freeing the model under them would crash.
-        for queue in (self._queue, self._embed_queue):
-            if not queue.close(timeout=30):
-                log.warning("%s: unloading while a request still runs", self.source.name)
-        for attr in ("_llama", "_embedder"):
-            model = getattr(self, attr)
+        # leaves the batch at the next step), or freeing the model under them would crash.
+        engine, self._engine = self._engine, None
+        if engine is not None and not engine.close(timeout=30):
+            log.warning("%s: the decode thread did not stop; keeping its model loaded",
+                        self.source.name)
+            return
+        if not self._embed_queue.close(timeout=30):
+            log.warning("%s: unloading while an embedding still runs", self.source.name)
+        for attr in ("_context", "_model", "_embedder"):
+            obj = getattr(self, attr)
             setattr(self, attr, None)
-            if model is not None:
-                model.close()
+            if obj is not None:
+                obj.close()
 
     # ---- TextGenerator ---------------------------------------------------------------
     def _require(self) -> Any:
-        if self._llama is None:
+        if self._model is None or self._engine is None:
             raise ModelNotReadyError(f"model {self.source.name!r} is not loaded")
-        return self._llama
+        return self._model
+
+    def _require_engine(self) -> BatchEngine:
+        self._require()
+        assert self._engine is not None
+        return self._engine
 
     @property
     def context_length(self) -> int:
-        return int(self._require().n_ctx())
+        """Tokens one request may use: its slot's share of the context."""
+        return self._require_engine().n_ctx_seq
 
     @property
     def can_chat(self) -> bool:
         return self._chat is not None and self._chat.available
 
     def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
-        llama = self._require()
+        model = self._require()
         if not text:
-            bos = llama.token_bos()
+            bos = model.token_bos()
             return [bos] if add_bos and bos >= 0 else []
         # llama.cpp adds BOS only when the vocabulary asks for it (add_bos_token).
-        return list(llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+        return list(model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> ChatPrompt:
         self._require()
@@ -289,8 +328,9 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
             )
         if params.max_tokens is not None and params.max_tokens < 0:
             raise InvalidInputError("max_tokens must be >= 0")
-        stream = _LlamaStream(self, prompt_tokens, params)
-        stream.ticket = self._queue.admit(stream.cancelled)
+        engine = self._require_engine()
+        stream = BatchStream(engine, prompt_tokens, params)
+        engine.submit(stream)
         return stream
 
     def _check_tokens(self, tokens: list[int]) -> None:
@@ -333,105 +373,35 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
         return EmbeddingResult([list(map(float, v)) for v in vectors], int(count))
 
 
-class _LlamaStream(TextStream):
-    ticket: _Ticket
+def _quiet_backend(llama_cpp: Any) -> None:
+    """llama.cpp's backend initialised and its log quiet, as Llama(verbose=False) leaves
+    them (this backend builds its context itself, without a Llama object)."""
+    from llama_cpp._logger import set_verbose
+    from llama_cpp._utils import suppress_stdout_stderr
 
-    def __init__(
-        self, backend: LlamaCppBackend, prompt_tokens: list[int], params: GenerationParams
-    ) -> None:
-        super().__init__()
-        self._backend = backend
-        self._prompt = list(prompt_tokens)
-        self._params = params
-        self.result.prompt_tokens = len(prompt_tokens)
-
-    def cancel(self) -> None:
-        super().cancel()
-        self._backend._queue.wake()
-
-    def __iter__(self) -> Iterator[str]:
-        queue = self._backend._queue
-        if not queue.acquire(self.ticket):
-            self.result.finish_reason = "cancelled"
-            return
-        try:
-            yield from self._generate()
-        finally:
-            queue.release(self.ticket)
-
-    def _generate(self) -> Iterator[str]:
-        llama = self._backend._require()
-        llama_cpp = _import_llama()
-        params = self._params
-        n_ctx = int(llama.n_ctx())
-        room = n_ctx - len(self._prompt)
-        max_tokens = room if not params.max_tokens else min(params.max_tokens, room)
-        stops = [s.encode("utf-8") for s in params.stop if s]
-        longest_stop = max((len(s) for s in stops), default=0)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        vocab = llama._model.vocab
-        text = bytearray()
-        sent = 0
-        result = self.result
-        result.finish_reason = "length"
-        llama.set_seed(params.seed if params.seed is not None else secrets.randbits(32))
-        if not self._backend.settings.prompt_cache:
-            llama.reset()  # no prefix reuse: the same request always gives the same text
-        tokens = llama.generate(
-            self._prompt,
-            top_k=0,
-            top_p=params.top_p,
-            min_p=0.0,
-            typical_p=1.0,
-            temp=params.temperature,
-            repeat_penalty=1.0,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-        )
-        try:
-            if max_tokens <= 0:
-                return
-            for token in tokens:
-                if result.first_token_at is None:
-                    result.first_token_at = time.perf_counter()
-                if self.cancelled.is_set():
-                    result.finish_reason = "cancelled"
-                    return
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    result.finish_reason = "stop"
-                    break
-                result.completion_tokens += 1
-                text += llama.detokenize([token])
-                end = len(text)
-                if stops:
-                    window = max(0, sent - longest_stop)
-                    hits = [i for i in (text.find(s, window) for s in stops) if i >= 0]
-                    if hits:
-                        del text[min(hits):]
-                        result.finish_reason = "stop"
-                        break
-                    end -= _held_back(text, stops)
-                if end > sent:
-                    chunk = decoder.decode(bytes(text[sent:end]))
-                    sent = end
-                    if chunk:
-                        yield chunk
-                if result.completion_tokens >= max_tokens:
-                    break
-        finally:
-            tokens.close()
-        tail = decoder.decode(bytes(text[sent:]), final=True)
-        if tail:
-            yield tail
+    set_verbose(False)
+    with suppress_stdout_stderr(disable=False):
+        llama_cpp.llama_backend_init()
 
 
-def _held_back(text: bytearray, stops: list[bytes]) -> int:
-    """Bytes at the end of `text` that could begin a stop string: not sent yet."""
-    held = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), held, -1):
-            if text.endswith(stop[:n]):
-                held = n
-                break
-    return held
-
+def _context_params(
+    llama_cpp: Any, s: LlamaSettings, n_ctx_seq: int, parallel: int, n_batch: int
+) -> Any:
+    """Llama's context parameters (as Llama(...) sets them from its defaults), with one
+    KV-cache stream per slot: each sequence gets n_ctx_seq cells of its own."""
+    p = llama_cpp.llama_context_default_params()
+    p.n_ctx = n_ctx_seq * parallel
+    p.n_batch = n_batch
+    p.n_ubatch = min(n_batch, 512)
+    p.n_threads = p.n_threads_batch = s.n_threads
+    p.n_seq_max = parallel
+    p.kv_unified = False
+    # A prefix cut from a sliding-window model's cache is only valid with the full-size
+    # SWA cache (llama-server keeps checkpoints instead).
+    p.swa_full = s.prompt_cache
+    p.rope_scaling_type = llama_cpp.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED
+    p.yarn_ext_factor, p.yarn_attn_factor = -1.0, 1.0
+    p.yarn_beta_fast, p.yarn_beta_slow = 32.0, 1.0
+    p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    p.embeddings = False
+    return p

@@ -6,9 +6,9 @@ metrics as tensor inference.
 renders and tokenizes the prompt off the event loop, checks the context, and starts the
 model's stream in a worker thread at once, so the model's queue slot is always given back
 even if no response ever starts. The request's deadline (request_timeout_s) and a client
-that goes away both cancel the stream, which frees the llama.cpp context after the token
-being decoded; the admission slot is given back at the deadline, not when the thread
-notices. Transports only frame what `Generation.chunks()` yields.
+that goes away both cancel the stream, which leaves the model's decode batch at the next
+step (its slot serves the next waiting request); the admission slot is given back at the
+deadline, not when the thread notices. Transports only frame what `Generation.chunks()` yields.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class Generation:
         ttft = r.first_token_at - self.t0 if r.first_token_at is not None else None
         self._plane.llm_metrics.record(
             self.model, self.request.endpoint, outcome, r.prompt_tokens,
-            r.completion_tokens, ttft,
+            r.completion_tokens, ttft, r.cached_tokens,
         )
         if self.timed_out:
             self._plane.metrics.failure(self.model, self.request.endpoint, "RequestTimeoutError")

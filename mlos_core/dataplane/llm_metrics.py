@@ -18,6 +18,7 @@ class LLMMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.prompt_tokens: dict[str, int] = defaultdict(int)
+        self.reused_prompt_tokens: dict[str, int] = defaultdict(int)
         self.generated_tokens: dict[str, int] = defaultdict(int)
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self._ttft_buckets: dict[str, list[int]] = {}
@@ -32,9 +33,11 @@ class LLMMetrics:
         prompt_tokens: int = 0,
         generated_tokens: int = 0,
         ttft_s: float | None = None,
+        reused_prompt_tokens: int = 0,
     ) -> None:
         with self._lock:
             self.prompt_tokens[model] += prompt_tokens
+            self.reused_prompt_tokens[model] += reused_prompt_tokens
             self.generated_tokens[model] += generated_tokens
             self.requests[(model, endpoint, outcome)] += 1
             if ttft_s is not None:
@@ -55,6 +58,15 @@ class LLMMetrics:
             lines += [
                 f'mlos_llm_prompt_tokens_total{{model="{_escape(m)}"}} {v}'
                 for m, v in sorted(self.prompt_tokens.items())
+            ]
+            lines += [
+                "# HELP mlos_llm_prompt_tokens_reused_total Prompt tokens not evaluated "
+                "again: an earlier request left their KV cache (prompt_cache).",
+                "# TYPE mlos_llm_prompt_tokens_reused_total counter",
+            ]
+            lines += [
+                f'mlos_llm_prompt_tokens_reused_total{{model="{_escape(m)}"}} {v}'
+                for m, v in sorted(self.reused_prompt_tokens.items())
             ]
             lines += [
                 "# HELP mlos_llm_generated_tokens_total Tokens generated.",
