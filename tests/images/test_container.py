@@ -348,17 +348,24 @@ def flatcar_sysext(archive: Path, variant: str, work: Path) -> tuple[Path, dict[
 
 
 def ignition_files(ignition: dict[str, Any], dest: Path, prefix: str = "/etc/mlos/") -> None:
-    """The files under prefix that the Ignition config writes inline (data: URLs)."""
+    """The files under prefix that the Ignition config writes inline (data: URLs), as
+    Ignition writes them (gzip-compressed contents inflated)."""
     import base64
+    import gzip
     import urllib.parse
 
     for entry in ignition["storage"]["files"]:
-        source = (entry.get("contents") or {}).get("source", "")
+        contents = entry.get("contents") or {}
+        source = contents.get("source", "")
         if not entry["path"].startswith(prefix) or not source.startswith("data:"):
             continue
         meta, _, data = source[5:].partition(",")
         body = base64.b64decode(data) if meta.endswith(";base64") else \
             urllib.parse.unquote_to_bytes(data)
+        if contents.get("compression") == "gzip":
+            body = gzip.decompress(body)
+        elif contents.get("compression"):
+            raise AssertionError(f"{entry['path']}: compression {contents['compression']!r}")
         path = dest / entry["path"].lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
@@ -372,7 +379,8 @@ def test_guest_merges_the_sysext_and_runs_the_container_with_the_module(
     sysext, ignition = flatcar_sysext(archive, variant, tmp_path)
     os.link(sysext, share / sysext.name)
     ignition_files(ignition, share / "ignition-files")
-    assert (share / "ignition-files/etc/mlos/core.yaml").is_file()
+    # The service's own config, as Ignition leaves it on the node (YAML, not gzip).
+    assert "model_repository" in (share / "ignition-files/etc/mlos/core.yaml").read_text()
     env = {**guest_env(archive, variant), "SYSEXT": sysext.name, "SYSEXT_NAME": "mlos",
            "SERVICE": "mlos-core.service"}
     verdict = boot_guest(guest_image, share, env)
