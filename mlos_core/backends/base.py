@@ -10,8 +10,10 @@ implement; routes for them exist only when a loaded model has them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,6 +57,11 @@ CAP_TEXT_GENERATION = "text_generation"
 CAP_EMBEDDINGS = "embeddings"
 
 
+@contextlib.contextmanager
+def _no_compute_scope() -> Iterator[Callable[[], object]]:
+    yield lambda: None
+
+
 class Backend(ABC):
     """One loaded model version. Lifecycle: __init__ -> load() -> infer()* -> unload()."""
 
@@ -67,6 +74,12 @@ class Backend(ABC):
 
     def __init__(self, source: ModelSource) -> None:
         self.source = source
+        # Set by the data plane before load(): a thread the backend starts for its own
+        # compute (llama.cpp's decode thread) runs inside it, and calls the yielded
+        # function after its first compute step, so the kernel scheduler gets the thread
+        # and the native threads it started. The default registers nothing.
+        self.compute_scope: Callable[[], contextlib.AbstractContextManager[
+            Callable[[], object]]] = _no_compute_scope
 
     @abstractmethod
     def load(self) -> None:

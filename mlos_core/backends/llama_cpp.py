@@ -196,7 +196,7 @@ class LlamaCppBackend(Backend, TextGenerator, Embedder):
             self._engine = BatchEngine(
                 llama_cpp, self._model, self._context, slots=parallel, n_batch=n_batch,
                 queue_size=s.queue_size, prompt_cache=s.prompt_cache,
-                name=self.source.name,
+                name=self.source.name, compute_scope=self.compute_scope,
             )
             if s.embeddings:
                 common = dict(

@@ -32,7 +32,8 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,8 +154,10 @@ class BatchEngine:
         queue_size: int,
         prompt_cache: bool,
         name: str,
+        compute_scope: Callable[[], AbstractContextManager[Callable[[], object]]],
     ) -> None:
         self._lib = lib
+        self._compute_scope = compute_scope
         self._model = model
         self._ctx = ctx
         self.n_slots = slots
@@ -209,6 +212,13 @@ class BatchEngine:
 
     # ---- the engine thread -----------------------------------------------------------
     def _loop(self) -> None:
+        # This thread decodes for every request: it (and the OpenMP team llama.cpp starts
+        # at its first decode) is what the kernel scheduler must see, for the model's life.
+        with self._compute_scope() as first_step_done:
+            self._decode_until_stopped(first_step_done)
+
+    def _decode_until_stopped(self, first_step_done: Callable[[], object]) -> None:
+        step_done: Callable[[], object] | None = first_step_done
         while True:
             with self.queue.cond:
                 while True:
@@ -223,6 +233,9 @@ class BatchEngine:
                     self.queue.cond.wait(0.5)
             try:
                 self._step()
+                if step_done is not None and self.journal.steps:
+                    step_done()  # llama.cpp's threads for this one exist now
+                    step_done = None
             except Exception as exc:  # a failed decode fails the requests in it
                 log.exception("llama.cpp decode failed")
                 for ticket in list(self._running):

@@ -6,6 +6,7 @@ model_config.py's."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -133,6 +134,10 @@ class ModelLifecycle:
                 cls, file = self.plugins.select(path, config)
                 source = ModelSource(model.name, version, path, config, file, self.settings)
                 backend = cls(source)
+                # Threads a backend starts for its compute (llama.cpp's decode thread)
+                # are latency-critical under the scheduler, with the team each starts.
+                backend.compute_scope = functools.partial(self.kernel.compute_thread,
+                                                          model.name)
                 # The GPU manager's lease decides the device and memory limit the backend
                 # gets (config["gpu_lease"]); no GPU: an empty device, the CPU.
                 lease = self.kernel.place_model(id(backend), model.name, model.config)

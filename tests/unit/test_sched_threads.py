@@ -250,7 +250,7 @@ def test_userspace_registers_nothing_and_names_nothing(server_factory) -> None: 
 
 
 @pytest.mark.llm
-def test_llama_openmp_team_adopted_per_thread_and_dropped_at_unload(
+def test_llama_engine_thread_and_its_openmp_team_registered_while_loaded(
         repo: Path, tmp_path: Path) -> None:
     # Real llama.cpp (the installed wheel links libgomp): the OpenMP worker starts at the
     # first decode on a thread and carries that thread's name.
@@ -268,13 +268,15 @@ def test_llama_openmp_team_adopted_per_thread_and_dropped_at_unload(
         prompt = np.array([b"the"], dtype=object)
         request = InferRequest("tiny", None, [InputTensor("text_input", "BYTES", (1,), prompt)])
         assert plane.infer_blocking(request).outputs[0].data is not None
-        # The tensor view is a generation (mlos_core/dataplane/generation.py): its thread
-        # and llama.cpp's team are registered while it runs, then dropped, as on the
-        # OpenAI routes (checked below).
-        assert device.registered == {}
-        assert plane.health()["features"][SCHEDULER]["models"] == {}
+        # llama.cpp decodes on the model's engine thread (backends/llama_cpp_batch.py):
+        # it and the OpenMP team it started at its first decode are latency-critical for
+        # as long as the model is loaded.
+        engine = dict(device.registered)
+        assert len(engine) == 2, engine
+        assert {klass for klass, _ in engine.values()} == {mlos_ml.ThreadClass.LATENCY}
 
-        # A generation thread (the OpenAI routes' Pump): it and its team, then neither.
+        # A generation's own thread (the OpenAI routes' Pump) is registered while it runs,
+        # then dropped; the engine's stay.
         backend: Any = plane.backend("tiny")
         seen: dict[str, Any] = {}
 
@@ -286,14 +288,15 @@ def test_llama_openmp_team_adopted_per_thread_and_dropped_at_unload(
                     if i == 0:
                         first_step_done()
                         seen["during"] = len(device.registered)
-            seen["after"] = len(device.registered)
+            seen["after"] = dict(device.registered)
 
         t = threading.Thread(target=generate)
         t.start()
         t.join()
-        assert seen == {"during": 2, "after": 0}, seen
+        assert seen["during"] == 3 and seen["after"] == engine, seen
 
         plane.unload_model("tiny")
+        assert device.registered == {}  # the engine thread ended, its team was dropped
         assert plane.health()["features"][SCHEDULER]["models"] == {}
         assert "mlos_sched_model_threads{" not in plane.kernel.render_metrics()
     finally:
