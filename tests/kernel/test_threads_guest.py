@@ -4,7 +4,7 @@ kernel loads mlos_ml in scheduler and full mode; in each, a real `mlos-core serv
 host's venv over 9p) loads an ONNX model with intra_op_threads 2. ONNX Runtime's pool
 thread must run at SCHED_FIFO on the reserved CPU (read from /proc), be counted per model
 in /metrics, and be gone from the metrics (and ended) after the model unloads, with
-nothing logged as an error. gRPC's workers are throughput threads, kept off the reserved
+nothing logged as an error. gRPC's threads are throughput threads, kept off the reserved
 CPU. The guest script is guest_threads_check.py.
 
 MLOS_THREAD_LLAMA=1 adds a tiny llama.cpp model decoding with 2 threads (its OpenMP
@@ -80,12 +80,12 @@ def test_native_threads_in_mode(threads_guest: guest.GuestRun, mode: str) -> Non
     assert m[LAT] == len(infer) + 1, (m, infer)  # + ORT's pool thread
     assert res["health_served"]["models"] == models, res["health_served"]
 
-    # gRPC's request threads: throughput, kept off the reserved CPU; gRPC's own C-core
-    # threads (named by gRPC) are left alone.
-    grpc_workers = named(served, "grpc-")
-    assert grpc_workers and all(t["policy"] == OTHER and RESERVED not in t["cpus"].split(",")
-                                for t in grpc_workers), grpc_workers
-    assert all(t["policy"] == OTHER for t in named(served, "event_engine"))
+    # gRPC calls run on the event loop's thread (grpc.aio; throughput, like REST); grpc
+    # core's own threads (pollers, timers) are adopted throughput as `mlos-grpc`: kept off
+    # the reserved CPU.
+    grpc_core = named(served, "mlos-grpc")
+    assert grpc_core and all(t["policy"] == OTHER and RESERVED not in t["cpus"].split(",")
+                             for t in grpc_core), grpc_core
 
     if LLAMA:
         assert res["text"], res
