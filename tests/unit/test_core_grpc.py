@@ -14,7 +14,7 @@ import tritonclient.grpc.model_config_pb2 as triton_config_pb2
 import tritonclient.grpc.service_pb2 as triton_pb2
 from core_fixtures import *  # noqa: F403  (the fixtures)
 from core_models import mlp_reference
-from google.protobuf import descriptor_pb2
+from proto_support import proto_fields
 from tritonclient.utils import InferenceServerException
 
 from mlos_core.protocols.grpc import generate
@@ -70,21 +70,6 @@ def test_repository_extension(client: grpcclient.InferenceServerClient) -> None:
     assert client.is_model_ready("double")
 
 
-def _fields(descriptor: object) -> dict[str, tuple[int, int, str]]:
-    proto = descriptor_pb2.DescriptorProto()
-    descriptor.CopyToProto(proto)  # type: ignore[attr-defined]
-    out = {}
-
-    def walk(message: descriptor_pb2.DescriptorProto, prefix: str) -> None:
-        for field in message.field:
-            out[prefix + field.name] = (field.number, field.type, field.type_name.split(".")[-1])
-        for nested in message.nested_type:
-            walk(nested, f"{prefix}{nested.name}.")
-
-    walk(proto, "")
-    return out
-
-
 def test_proto_is_wire_compatible_with_published_protocol() -> None:
     """Every message and RPC we define matches the published definitions that tritonclient
     ships (field numbers, wire types, nested types)."""
@@ -93,8 +78,8 @@ def test_proto_is_wire_compatible_with_published_protocol() -> None:
                  **triton_pb2.DESCRIPTOR.message_types_by_name}
     for name, message in ours.message_types_by_name.items():
         theirs = published[name]
-        assert _fields(message) == {k: v for k, v in _fields(theirs).items()
-                                    if k in _fields(message)}, name
+        mine = proto_fields(message)
+        assert mine == {k: v for k, v in proto_fields(theirs).items() if k in mine}, name
     our_service = ours.services_by_name["GRPCInferenceService"]
     their_service = triton_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert our_service.full_name == "inference.GRPCInferenceService"

@@ -19,7 +19,7 @@ import tritonclient.grpc.model_config_pb2 as triton_config_pb2
 import tritonclient.http as httpclient
 from core_fixtures import make_settings
 from core_models import make_double, make_mlp, make_scale, mlp_reference
-from google.protobuf import descriptor_pb2
+from proto_support import proto_fields
 from tritonclient.utils import InferenceServerException
 
 from mlos_core.repository import pbtxt
@@ -66,31 +66,16 @@ parameters { key: "enable_mem_arena" value: { string_value: "0" } }
 """
 
 
-def _fields(descriptor: object) -> dict[str, tuple[int, int, str]]:
-    proto = descriptor_pb2.DescriptorProto()
-    descriptor.CopyToProto(proto)  # type: ignore[attr-defined]
-    out = {}
-
-    def walk(message: descriptor_pb2.DescriptorProto, prefix: str) -> None:
-        for field in message.field:
-            out[prefix + field.name] = (field.number, field.type, field.type_name.split(".")[-1])
-        for nested in message.nested_type:
-            walk(nested, f"{prefix}{nested.name}.")
-
-    walk(proto, "")
-    return out
-
-
 def test_model_config_proto_matches_the_published_definitions() -> None:
     """Every message, field and enum value we define has Triton's name, number and type
     (tritonclient ships the published model_config.proto, compiled)."""
     ours, theirs = model_config_pb2.DESCRIPTOR, triton_config_pb2.DESCRIPTOR
     for name, message in ours.message_types_by_name.items():
-        published = _fields(theirs.message_types_by_name[name])
-        mine = _fields(message)
+        published = proto_fields(theirs.message_types_by_name[name])
+        mine = proto_fields(message)
         assert mine == {k: v for k, v in published.items() if k in mine}, name
-    assert _fields(ours.message_types_by_name["ModelConfig"]).keys() == \
-        _fields(theirs.message_types_by_name["ModelConfig"]).keys()
+    assert proto_fields(ours.message_types_by_name["ModelConfig"]).keys() == \
+        proto_fields(theirs.message_types_by_name["ModelConfig"]).keys()
     for name, enum in ours.enum_types_by_name.items():
         assert [(v.name, v.number) for v in enum.values] == \
             [(v.name, v.number) for v in theirs.enum_types_by_name[name].values]
