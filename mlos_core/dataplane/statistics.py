@@ -94,57 +94,29 @@ class Statistics:
     ) -> None:
         with self._lock:
             stats = self._stats.get(key)
-            if stats is None:
-                return
-            stats.execution_count += 1
-            batch = stats.batches.get(batch_size)
-            if batch is None:
-                batch = stats.batches[batch_size] = (_Duration(), _Duration(), _Duration())
-            for duration, seconds in zip(batch, (input_s, infer_s, output_s), strict=True):
-                duration.add(seconds)
+            if stats is not None:
+                _add_execution(stats, batch_size, input_s, infer_s, output_s)
 
     def record_success(self, key: int, times: RequestTimes, inferences: int = 1) -> None:
         now_ms = int(time.time() * 1000)
         with self._lock:
             stats = self._stats.get(key)
-            if stats is None:
-                return
-            stats.inference_count += inferences
-            stats.last_inference_ms = now_ms
-            phases = stats.phases
-            phases["success"].add(times.output_done - times.queued)
-            phases["queue"].add(times.input_started - times.queued)
-            phases["compute_input"].add(times.infer_started - times.input_started)
-            phases["compute_infer"].add(times.infer_done - times.infer_started)
-            phases["compute_output"].add(times.output_done - times.infer_done)
+            if stats is not None:
+                _add_success(stats, times, inferences, now_ms)
 
     def record_alone(self, key: int, times: RequestTimes, rows: int = 1) -> None:
         """record_execution and record_success for a request that ran alone (one
         execution of its own rows), under one lock: the per-request cost of the inline
         path is mostly bookkeeping like this."""
-        input_s = times.infer_started - times.input_started
-        infer_s = times.infer_done - times.infer_started
-        output_s = times.output_done - times.infer_done
         now_ms = int(time.time() * 1000)
         with self._lock:
             stats = self._stats.get(key)
             if stats is None:
                 return
-            stats.execution_count += 1
-            batch = stats.batches.get(rows)
-            if batch is None:
-                batch = stats.batches[rows] = (_Duration(), _Duration(), _Duration())
-            batch[0].add(input_s)
-            batch[1].add(infer_s)
-            batch[2].add(output_s)
-            stats.inference_count += rows
-            stats.last_inference_ms = now_ms
-            phases = stats.phases
-            phases["success"].add(times.output_done - times.queued)
-            phases["queue"].add(times.input_started - times.queued)
-            phases["compute_input"].add(input_s)
-            phases["compute_infer"].add(infer_s)
-            phases["compute_output"].add(output_s)
+            _add_execution(stats, rows, times.infer_started - times.input_started,
+                           times.infer_done - times.infer_started,
+                           times.output_done - times.infer_done)
+            _add_success(stats, times, rows, now_ms)
 
     def record_failure(self, key: int, arrived: float) -> None:
         now_ms = int(time.time() * 1000)
@@ -180,3 +152,26 @@ class Statistics:
                 ],
                 "memory_usage": [],
             }
+
+
+# ---- under the lock ------------------------------------------------------------------------
+def _add_execution(stats: _VersionStats, batch_size: int, input_s: float, infer_s: float,
+                   output_s: float) -> None:
+    stats.execution_count += 1
+    batch = stats.batches.get(batch_size)
+    if batch is None:
+        batch = stats.batches[batch_size] = (_Duration(), _Duration(), _Duration())
+    for duration, seconds in zip(batch, (input_s, infer_s, output_s), strict=True):
+        duration.add(seconds)
+
+
+def _add_success(stats: _VersionStats, times: RequestTimes, inferences: int,
+                 now_ms: int) -> None:
+    stats.inference_count += inferences
+    stats.last_inference_ms = now_ms
+    phases = stats.phases
+    phases["success"].add(times.output_done - times.queued)
+    phases["queue"].add(times.input_started - times.queued)
+    phases["compute_input"].add(times.infer_started - times.input_started)
+    phases["compute_infer"].add(times.infer_done - times.infer_started)
+    phases["compute_output"].add(times.output_done - times.infer_done)
