@@ -4,6 +4,8 @@ packaged gemma3-270m, and a real MLOS Core server on a free port."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +166,11 @@ def start_server(repo: Path, **overrides: object):  # -> MLOSServer
     }
     values.update(overrides)
     return MLOSServer(load_settings(None, **values)).start_background()
+
+
+def wait_until(condition: Callable[[], object], timeout: float) -> None:
+    """Polls `condition` every 10 ms until it holds; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)

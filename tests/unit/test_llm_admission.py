@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 from core_models import make_double
-from llm_support import add_model, gemma_path, start_server
+from llm_support import add_model, gemma_path, start_server, wait_until
 
 pytestmark = pytest.mark.llm
 
@@ -56,10 +56,7 @@ def client(server: Any) -> openai.OpenAI:
 
 
 def _wait(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+    wait_until(condition, timeout)
 
 
 def _one_token_is_quick(client: openai.OpenAI) -> float:

@@ -12,14 +12,13 @@ joined and left the batch (on a shared, loaded machine only the order is stable)
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from llm_support import add_model, gemma_path, start_server
+from llm_support import add_model, gemma_path, start_server, wait_until
 
 pytestmark = pytest.mark.llm
 
@@ -60,10 +59,7 @@ def client(server: Any) -> openai.OpenAI:
 
 
 def _wait(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+    wait_until(condition, timeout)
 
 
 def _events_since(engine: Any, start: int) -> list[tuple[int, str, int]]:
