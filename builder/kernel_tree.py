@@ -3,8 +3,10 @@
 
 Every Flatcar image carries its kernel's build tree at /usr/lib/modules/<kver>/build.
 mlos-build takes it as a tarball (or a directory) holding `build/` and the node's
-`os-release`, so the tree's Flatcar release can be checked, not guessed: the sysext is
-bound to one release (VERSION_ID), and a module built for another kernel does not load.
+`os-release`, or as the release's production image or developer container file
+(flatcar_image.py reads both out of it), so the tree's Flatcar release can be checked,
+not guessed: the sysext is bound to one release (VERSION_ID), and a module built for
+another kernel does not load.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlos_build import flatcar_image
 from mlos_build.errors import BuildError
 from mlos_build.runner import Progress, require_tools, run
 from mlos_build.targets.common import KERNEL_SOURCE_SKIP, SYSTEM_PATH
@@ -67,13 +70,15 @@ def parse_config(text: str) -> dict[str, str]:
     return config
 
 
-def unpack(source: Path, work: Path, version: str) -> Path:
-    """The directory that holds build/ and os-release: source itself, or where its
-    tarball was unpacked (under work)."""
+def unpack(source: Path, work: Path, version: str) -> tuple[Path, str]:
+    """The directory that holds build/ and os-release (source itself, or where its tarball
+    or image file was read out to, under work), and the hint for errors about it."""
     if not source.exists():
         raise BuildError(f"--kernel-build-tree {source} does not exist", hint=tree_hint(version))
     if source.is_dir():
-        return source
+        return source, tree_hint(version)
+    if flatcar_image.is_disk_image(source):
+        return flatcar_image.extract(source, work, version), flatcar_image.image_hint(version)
     dest = work / "kernel-tree"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -82,35 +87,36 @@ def unpack(source: Path, work: Path, version: str) -> Path:
             # The data filter refuses absolute paths, links out of dest and device nodes.
             archive.extractall(dest, filter="data")
     except tarfile.ReadError as exc:
-        raise BuildError(f"--kernel-build-tree {source} is not a readable tarball (not tar, "
-                         "gzip, bzip2 or xz)", hint=tree_hint(version)) from exc
+        raise BuildError(f"--kernel-build-tree {source} is neither a readable tarball (tar, "
+                         "gzip, bzip2 or xz) nor a Flatcar image file",
+                         hint=tree_hint(version)) from exc
     except (tarfile.TarError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BuildError(f"--kernel-build-tree {source} cannot be unpacked ({reason})",
                          hint=tree_hint(version)) from exc
-    return dest
+    return dest, tree_hint(version)
 
 
 def open_tree(source: Path, work: Path, version: str, os_release_id: str,
               required: tuple[str, ...], architecture_option: str) -> KernelTree:
     """Checks the tree is a kernel build tree of Flatcar `version` and returns it."""
-    top = unpack(source, work, version)
+    top, hint = unpack(source, work, version)
     build, os_release_file = top / "build", top / "os-release"
     if not (build / "Makefile").is_file() or not (build / ".config").is_file():
         raise BuildError(f"--kernel-build-tree {source} has no build/ with a Makefile and "
-                         ".config", hint=tree_hint(version))
+                         ".config", hint=hint)
     if not os_release_file.is_file():
         raise BuildError(f"--kernel-build-tree {source} has no os-release, so its Flatcar "
-                         "release cannot be checked", hint=tree_hint(version))
+                         "release cannot be checked", hint=hint)
     os_release = parse_os_release(os_release_file.read_text(errors="replace"))
     tree_id, tree_version = os_release.get("ID"), os_release.get("VERSION_ID")
     if tree_id != os_release_id or tree_version != version:
         raise BuildError(f"--kernel-build-tree {source} is from {tree_id} {tree_version}, "
-                         f"not {os_release_id} {version}", hint=tree_hint(version))
+                         f"not {os_release_id} {version}", hint=hint)
     release = kernel_release(build)
     if release is None:
         raise BuildError(f"--kernel-build-tree {source}: build/ does not say its kernel "
-                         "release (no include/generated/utsrelease.h)", hint=tree_hint(version))
+                         "release (no include/generated/utsrelease.h)", hint=hint)
     config = parse_config((build / ".config").read_text(errors="replace"))
     missing = [opt for opt in required if config.get(opt) not in ("y", "m")]
     if config.get(architecture_option) != "y":
@@ -123,7 +129,7 @@ def open_tree(source: Path, work: Path, version: str, os_release_id: str,
     for tool in ("scripts/basic/fixdep", "scripts/mod/modpost"):
         if not (build / tool).is_file():
             raise BuildError(f"--kernel-build-tree {source}: build/{tool} is missing (not a "
-                             "prepared build tree)", hint=tree_hint(version))
+                             "prepared build tree)", hint=hint)
     return KernelTree(build=build, release=release, os_release=os_release, config=config)
 
 

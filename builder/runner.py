@@ -26,6 +26,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "mcopy": "mtools",
     "mkfs.vfat": "dosfstools",
     "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "btrfs": "btrfs-progs",
     "cpio": "cpio",
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-img": "qemu-utils",

@@ -86,10 +86,11 @@ class FlatcarTarget(Target):
                             help="the Flatcar release the extension is bound to (the node's "
                             "VERSION_ID; a node of another release does not merge it)")
         if build:
-            parser.add_argument("--kernel-build-tree", type=Path, metavar="TARBALL|DIR",
+            parser.add_argument("--kernel-build-tree", type=Path, metavar="TARBALL|DIR|IMAGE",
                                 help="that release's kernel build tree with the node's "
-                                "os-release (kernel variants; docs/flatcar.md says how to "
-                                "take it from a node)")
+                                "os-release, or the release's production image or developer "
+                                "container file that carries it (kernel variants; "
+                                "docs/flatcar.md)")
             parser.add_argument("--sign-key", type=Path, metavar="KEY.pem",
                                 help="sign mlos_ml.ko with this key (with --sign-cert), for "
                                 "nodes whose kernel enforces module signatures")

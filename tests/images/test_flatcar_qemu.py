@@ -4,7 +4,8 @@
 supplied; otherwise it is skipped and says so:
 
     MLOS_FLATCAR_IMAGE        flatcar_production_qemu_image.img (qcow2) of one release
-    MLOS_FLATCAR_KERNEL_TREE  that release's kernel tree (docs/flatcar.md: tar from a node)
+    MLOS_FLATCAR_KERNEL_TREE  optional: that release's kernel tree (default: read out of
+                              MLOS_FLATCAR_IMAGE, whose /usr carries it)
     MLOS_CONTAINER_ARCHIVE    optional: MLOS Core's image archive (else `mlos-build
                               container` builds one)
     MLOS_FLATCAR_VARIANT      optional: the variant (default full)
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from mlos_build import __version__
+from mlos_build import __version__, flatcar_image
 from mlos_build.data import load_variant
 from mlos_build.demo_model import DEMO
 from mlos_build.kernel_tree import parse_os_release
@@ -41,7 +42,7 @@ from mlos_build.qemu import kvm_works
 pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]
 
 IMAGE = os.environ.get("MLOS_FLATCAR_IMAGE")
-TREE = os.environ.get("MLOS_FLATCAR_KERNEL_TREE")
+TREE = os.environ.get("MLOS_FLATCAR_KERNEL_TREE") or IMAGE
 VARIANT = os.environ.get("MLOS_FLATCAR_VARIANT", "full")
 CONSOLE_FAILURES = re.compile(r"Kernel panic|Oops:|WARNING: CPU:|emergency mode|"
                               r"You are in emergency mode")
@@ -50,8 +51,7 @@ SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/nul
 
 if not (IMAGE and TREE):
     pytest.skip("skipped: no real Flatcar here (set MLOS_FLATCAR_IMAGE to a Flatcar QEMU "
-                "image and MLOS_FLATCAR_KERNEL_TREE to that release's kernel tree to run it)",
-                allow_module_level=True)
+                "image to run it)", allow_module_level=True)
 
 
 def mlos_build(*args: str) -> subprocess.CompletedProcess[str]:
@@ -65,10 +65,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tree_version(tree: Path) -> str:
-    """The release the tree comes from: its os-release (a tarball or a directory)."""
+def tree_version(tree: Path, work: Path) -> str:
+    """The release the tree comes from: its os-release (a directory, an image file or a
+    tarball)."""
     if tree.is_dir():
         text = (tree / "os-release").read_text()
+    elif flatcar_image.is_disk_image(tree):
+        text = (flatcar_image.extract(tree, work, "X.Y.Z") / "os-release").read_text()
     else:
         text = subprocess.run(["tar", "-xOf", str(tree), "os-release"], capture_output=True,
                               text=True, check=True).stdout
@@ -99,7 +102,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     work = tmp_path_factory.mktemp("flatcar-qemu")
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    version = tree_version(Path(TREE))
+    version = tree_version(Path(TREE), work)
     built = mlos_build("flatcar", "--variant", VARIANT, "--flatcar-version", version,
                        "--kernel-build-tree", TREE, "--container-image",
                        f"mlos-core:{__version__}", "--ssh-key", f"{key}.pub",

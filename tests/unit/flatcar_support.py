@@ -4,6 +4,9 @@ stand-in kernel build tree made from this machine's Debian headers."""
 
 from __future__ import annotations
 
+import bz2
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -71,6 +74,80 @@ def stand_in_tree(dest: Path, headers: Path, os_release: str) -> Path:
         archive.add(headers, arcname="build")
         archive.add(release, arcname="os-release")
     return tarball
+
+
+# GPT type GUIDs as in Flatcar's disk_layout.json: its /usr partitions, a Linux file system.
+FLATCAR_USR_TYPE = "5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6"
+LINUX_FS_TYPE = "0fc63daf-8483-4772-8e79-3d69d8477de4"
+MIB = 1 << 20
+
+
+def stand_in_image(dest: Path, headers: Path | None, os_release: str,
+                   kind: str = "production", form: str = "bz2") -> Path:
+    """A disk image shaped like a Flatcar release file (build_library/disk_layout.json):
+    `production` has USR-A (btrfs, mounted at /usr) between EFI-SYSTEM and USR-B, OEM
+    and ROOT; `developer` (the developer container) one ROOT partition (ext4) holding a
+    whole root. /usr holds lib/modules/<kver>/build (Debian's headers, symlinks followed)
+    and lib/os-release (no build tree when headers is None). `form`: raw, bz2 (how
+    Flatcar ships both) or qcow2 (its QEMU image)."""
+    from mlos_build.kernel_tree import kernel_release
+
+    work = dest / f"image-{kind}-{form}"
+    shutil.rmtree(work, ignore_errors=True)
+    usr = work / "root" / ("usr" if kind == "developer" else "")
+    lib = usr / "lib"
+    (lib / "modules").mkdir(parents=True)
+    if headers is not None:
+        shutil.copytree(headers, lib / "modules" / str(kernel_release(headers)) / "build",
+                        symlinks=False)
+    (lib / "os-release").write_text(os_release)
+    fs = work / "fs.img"
+    if kind == "production":
+        subprocess.run(["truncate", "-s", "512M", str(fs)], check=True)
+        subprocess.run(["mkfs.btrfs", "-q", "-r", str(work / "root"), "--shrink", str(fs)],
+                       check=True, capture_output=True)
+        layout = [("EFI-SYSTEM", LINUX_FS_TYPE, MIB), ("BIOS-BOOT", LINUX_FS_TYPE, MIB),
+                  ("USR-A", FLATCAR_USR_TYPE, 0), ("USR-B", FLATCAR_USR_TYPE, MIB),
+                  ("OEM", LINUX_FS_TYPE, MIB), ("ROOT", LINUX_FS_TYPE, 2 * MIB)]
+        fs_partition = "USR-A"
+    else:
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(work / "root"), str(fs), "96M"],
+                       check=True, capture_output=True)
+        layout = [("ROOT", LINUX_FS_TYPE, 0)]
+        fs_partition = "ROOT"
+    fs_size = -(-fs.stat().st_size // MIB) * MIB
+    script, start, fs_start = ["label: gpt"], MIB, 0
+    for name, type_guid, size in layout:
+        size = size or fs_size
+        if name == fs_partition:
+            fs_start = start
+        script.append(f"start={start // 512}, size={size // 512}, type={type_guid}, "
+                      f'name="{name}"')
+        start += size
+    disk = work / "disk.raw"
+    subprocess.run(["truncate", "-s", str(start + MIB), str(disk)], check=True)
+    subprocess.run(["sfdisk", "-q", str(disk)], input="\n".join(script) + "\n", text=True,
+                   check=True, capture_output=True)
+    with disk.open("r+b") as out, fs.open("rb") as data:
+        out.seek(fs_start)
+        shutil.copyfileobj(data, out)
+    shutil.rmtree(work / "root")
+    fs.unlink()
+    if form == "raw":
+        return disk
+    if form == "qcow2":
+        qcow2 = work / "flatcar_production_qemu_image.img"
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(disk), str(qcow2)],
+                       check=True)
+        disk.unlink()
+        return qcow2
+    name = "flatcar_developer_container.bin.bz2" if kind == "developer" else \
+        "flatcar_production_image.bin.bz2"
+    packed = work / name
+    with disk.open("rb") as raw, bz2.open(packed, "wb") as out:
+        shutil.copyfileobj(raw, out, 1 << 20)
+    disk.unlink()
+    return packed
 
 
 def flatcar_os_release(version: str) -> str:

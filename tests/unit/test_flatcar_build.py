@@ -4,8 +4,10 @@ packed the way docs/flatcar.md has users pack a node's tree, stand in for a Flat
 release's (their os-release names a stand-in release, TREE_VERSION).
 
 Two builds with the same SOURCE_DATE_EPOCH run side by side (about a minute each on 2
-cores: the module compiles twice) and must give byte-identical extensions; the contents
-are checked with unsquashfs, the config with ignition-validate and the real ignition.
+cores: the module compiles twice), one from that tarball, one from the same headers in a
+stand-in of Flatcar's production image file (USR-A's btrfs in a bzip2-compressed GPT
+disk), and must give byte-identical extensions; the contents are checked with
+unsquashfs, the config with ignition-validate and the real ignition.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from flatcar_support import (
     TREE_VERSION,
     flatcar_os_release,
     headers_dir,
+    stand_in_image,
     stand_in_tree,
 )
 
@@ -60,7 +63,8 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """Two output directories built from the same inputs, and the tree's build/ dir."""
     assert HEADERS is not None
     work = tmp_path_factory.mktemp("flatcar-build")
-    tree = stand_in_tree(work, HEADERS, flatcar_os_release(TREE_VERSION))
+    trees = [stand_in_tree(work, HEADERS, flatcar_os_release(TREE_VERSION)),
+             stand_in_image(work, HEADERS, flatcar_os_release(TREE_VERSION))]
     # A stand-in for `mlos-build container`'s archive: the extension carries it as it is.
     archive = work / "mlos-core.oci.tar"
     archive.write_bytes(b"an image archive stands in here\n" * 128)
@@ -72,7 +76,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     signing = ("--sign-key", str(key), "--sign-cert", str(cert))
     procs = [subprocess.Popen(command(tree, out, archive, *signing), env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for out in outs]
+             for tree, out in zip(trees, outs, strict=True)]
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=840)
         assert proc.returncode == 0, stderr

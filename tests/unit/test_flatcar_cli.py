@@ -107,7 +107,7 @@ def test_a_kernel_variant_needs_the_tree(tmp_path: Path) -> None:
     ("no-os-release", "has no os-release"),
     ("no-build", "has no build/"),
     ("other-release", "is from flatcar 3975.2.0, not flatcar"),
-    ("not-a-tarball", "is not a readable tarball"),
+    ("not-a-tarball", "is neither a readable tarball"),
 ])
 def test_bad_kernel_trees(tmp_path: Path, layout: str, message: str) -> None:
     tree = tmp_path / "tree"
