@@ -203,11 +203,12 @@ def _filesystem(fs_image: Path) -> str | None:
 
 def _restore_btrfs(fs_image: Path, usr: str, dest: Path) -> None:
     """lib/os-release and every lib/modules/*/build, with their symlinks (btrfs restore
-    descends only into directories the pattern matches, hence the nesting)."""
+    descends only into directories the pattern matches, hence the nesting). lib64 too:
+    older Flatcar releases had /usr/lib as a link to it."""
     require_tools(["btrfs"])
     parts = [p for p in usr.strip("/").split("/") if p]
     pattern = "(|/os-release|/modules(|/[^/]+(|/build(|/.*))))"
-    pattern = "(|/lib" + pattern + ")"
+    pattern = "(|/lib(64)?" + pattern + ")"
     for part in reversed(parts):
         pattern = f"(|/{part}{pattern})"
     run(["btrfs", "restore", "-S", "-m", "-i", "--path-regex", f"^{pattern}$", fs_image, dest],
@@ -241,16 +242,20 @@ def extract(path: Path, work: Path, version: str) -> Path:
     tree = work / "image-tree"
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir(parents=True)
-    if filesystem == "btrfs":
-        _restore_btrfs(fs_image, layout.usr, tree)
-    elif filesystem == "ext":
-        _restore_ext(fs_image, layout.usr, tree)
-    else:
-        raise BuildError(f"--kernel-build-tree {path}: partition {layout.partition} holds "
-                         "neither btrfs nor ext4", hint=image_hint(version))
-    fs_image.unlink()
+    try:
+        if filesystem == "btrfs":
+            _restore_btrfs(fs_image, layout.usr, tree)
+        elif filesystem == "ext":
+            _restore_ext(fs_image, layout.usr, tree)
+        else:
+            raise BuildError(f"--kernel-build-tree {path}: partition {layout.partition} "
+                             "holds neither btrfs nor ext4", hint=image_hint(version))
+    finally:
+        fs_image.unlink()
     lib = tree / layout.usr / "lib"
-    builds = sorted(p for p in lib.glob("modules/*/build") if (p / "Makefile").is_file())
+    # A set: with lib a link to lib64 both names reach the same tree.
+    builds = sorted({p.resolve() for p in lib.parent.glob("lib*/modules/*/build")
+                     if (p / "Makefile").is_file()})
     if not builds:
         raise BuildError(f"--kernel-build-tree {path}: the {layout.kind}'s /usr has no "
                          "lib/modules/<kver>/build", hint=image_hint(version))
