@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PACKAGE_ROOT = HERE.parents[2]  # the directory mlos_core is imported from
 PROTO = HERE / "inference.proto"
 MODEL_CONFIG_PROTO = HERE.parent.parent / "repository" / "model_config.proto"
 #: .proto file -> (the directory its committed modules live in, with gRPC stubs).
@@ -25,12 +26,19 @@ PROTOS = {
 }
 
 
+def module_name(proto: Path) -> str:
+    """The dotted name the committed module of `proto` is imported by."""
+    committed = PROTOS[proto][0]
+    return ".".join([*committed.relative_to(PACKAGE_ROOT).parts, f"{proto.stem}_pb2"])
+
+
 def generate_one(proto: Path, out_dir: Path, grpc_stubs: bool) -> list[Path]:
     from grpc_tools import protoc  # only needed to regenerate
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = proto.stem
-    args = ["grpc_tools.protoc", f"-I{proto.parent}", f"--python_out={out_dir}"]
+    includes = sorted({f"-I{p.parent}" for p in PROTOS})
+    args = ["grpc_tools.protoc", *includes, f"--python_out={out_dir}"]
     if grpc_stubs:
         args.append(f"--grpc_python_out={out_dir}")
     status = protoc.main([*args, str(proto)])
@@ -46,12 +54,20 @@ def generate_one(proto: Path, out_dir: Path, grpc_stubs: bool) -> list[Path]:
         # The generated stub imports its sibling as a top-level module; make it relative.
         text = re.sub(rf"^import {stem}_pb2 as", f"from . import {stem}_pb2 as", text,
                       flags=re.M)
+        # An imported .proto's module by its package path (protoc names it top-level).
+        imported = None
+        for dep in PROTOS:
+            pattern = rf"^import {dep.stem}_pb2 as (\w+)$"
+            if dep != proto and (found := re.search(pattern, text, flags=re.M)):
+                imported = found.group(1)
+                text = re.sub(pattern, rf"import {module_name(dep)} as \1", text, flags=re.M)
         # Clients such as tritonclient register the same `inference.*` names in the default
-        # descriptor pool; a private pool lets both live in one process.
+        # descriptor pool; MLOS's own pool lets both live in one process, and a .proto that
+        # imports another is added to the pool that already holds the imported one.
+        pool = (f"{imported}._POOL" if imported else "_descriptor_pool.DescriptorPool()")
         text = text.replace(
             "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(",
-            "_POOL = _descriptor_pool.DescriptorPool()\n"
-            "DESCRIPTOR = _POOL.AddSerializedFile(",
+            f"_POOL = {pool}\nDESCRIPTOR = _POOL.AddSerializedFile(",
         )
         file.write_text(header + text)
     return files

@@ -278,7 +278,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_guarded
     def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
         config = self.plane.model_config(request.name, request.version or None)
-        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+        response = pb.ModelConfigResponse()
+        json_format.ParseDict(config, response.config)  # config.pbtxt's own message type
+        return response
 
     @_guarded
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
