@@ -89,6 +89,31 @@ def seconds_to_login(image: Path, timeout: float = 600) -> float:
                 q.kill()
 
 
+# A line of mlos-build's build log: seconds since mkosi started, then mkosi's output.
+LOG_LINE = re.compile(r"^\[\s*([0-9.]+)s\] (.*)$")
+
+
+def mkosi_steps(log: Path, top: int = 8) -> list[tuple[str, float]]:
+    """The longest of mkosi's steps in a build log: each "‣" line at the image's own level
+    (sub-images such as the default initrd count as one step) lasts until the next one."""
+    marks: list[tuple[float, str]] = []
+    last = 0.0
+    for line in log.read_text(errors="replace").splitlines():
+        found = LOG_LINE.match(line)
+        if not found:
+            continue
+        last, text = float(found.group(1)), found.group(2)
+        step = re.match(r"‣( {1,2})(\S.*)$", text)
+        if step:
+            marks.append((last, step.group(2).rstrip("…. ")))
+    steps: dict[str, float] = {}
+    for (start, name), end in zip(marks, [m[0] for m in marks[1:]] + [last], strict=True):
+        # One name per kind of step (paths vary): its first words.
+        key = " ".join(name.split()[:3])
+        steps[key] = steps.get(key, 0.0) + end - start
+    return sorted(steps.items(), key=lambda kv: -kv[1])[:top]
+
+
 def size(image: Path) -> str:
     st = image.stat()
     return f"{st.st_size / 1024**3:.2f} GiB raw, {st.st_blocks * 512 / 1024**3:.2f} GiB allocated"

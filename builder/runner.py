@@ -99,7 +99,8 @@ def run(
     """Runs argv, reporting it as `what` in errors.
 
     With `progress`, output is read line by line: lines for which `show` is true (all when
-    `show` is None) go to `progress`, every line goes to `log_file`.
+    `show` is None) go to `progress`, every line goes to `log_file`, prefixed with the
+    seconds since the command started (`[    12.3s] `).
     Without it, output is captured and returned. A missing program or a failing exit
     status raises BuildError naming the package or the likely cause.
     """
@@ -166,7 +167,9 @@ def _stream(
                 line = raw.rstrip("\n")
                 tail.append(line)
                 if log:
-                    log.write(raw)
+                    # Seconds since the command started: the log says where the time went
+                    # (benchmarks/build_images.py sums mkosi's steps from it).
+                    log.write(f"[{time.monotonic() - start:8.1f}s] {raw}")
                 if show is None or show(line):
                     progress(line)
                     last_shown[0] = time.monotonic()
