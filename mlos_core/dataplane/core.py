@@ -12,12 +12,12 @@ from typing import Any
 from .. import __version__
 from ..backends.base import Backend
 from ..errors import MLOSError
-from ..kernel_modes import KernelModes, versions
+from ..kernel.modes import KernelModes, versions
+from ..kernel.runtime_mode import RuntimeMode, detect
 from ..metrics import Metrics
 from ..plugins import PluginManager
 from ..protocols.shm import SharedMemoryRegistry
 from ..registry import ModelRepository
-from ..runtime_mode import RuntimeMode, detect
 from ..settings import Settings
 from .admission import Admission
 from .cuda_shm import CudaSharedMemory

@@ -22,7 +22,7 @@ import numpy as np
 from ..backends.base import Backend
 from ..backends.capabilities import TextGenerator
 from ..errors import InvalidInputError, MLOSError, RequestTimeoutError, ServerBusyError
-from ..kernel_modes import KernelModes
+from ..kernel.modes import KernelModes
 from ..metrics import Metrics
 from ..protocols.shm import SharedMemoryRegistry
 from ..settings import Settings

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..pools import PoolUnavailableError
+from ..kernel.pools import PoolUnavailableError
 
 SHM_DIR = Path("/dev/shm")
 _NAME_MAX = 255
@@ -207,7 +207,7 @@ class SharedMemoryRegistry:
     def __init__(self, kernel: Any = None) -> None:
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
-        #: mlos_core.kernel_modes.KernelModes: says whether mlos-ml regions are available.
+        #: mlos_core.kernel.modes.KernelModes: says whether mlos-ml regions are available.
         self.kernel = kernel
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from core_fixtures import *  # noqa: F403  (the fixtures)
 from tritonclient.utils import InferenceServerException
 
-from mlos_core.kernel_modes import (
+from mlos_core.kernel.modes import (
     FEATURES,
     KernelModes,
     TensorPool,
@@ -22,7 +22,7 @@ from mlos_core.kernel_modes import (
     versions,
     wants_gpu,
 )
-from mlos_core.runtime_mode import detect
+from mlos_core.kernel.runtime_mode import detect
 
 FULL = {"debug_level": "0", "enable_tmm": "Y", "enable_scheduler": "Y",
         "enable_gpu_manager": "Y", "reserved_cpus": "1"}
