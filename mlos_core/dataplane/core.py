@@ -16,7 +16,6 @@ from ..kernel.modes import KernelModes, versions
 from ..kernel.runtime_mode import RuntimeMode, detect
 from ..metrics import Metrics
 from ..plugins import PluginManager
-from ..protocols.shm import SharedMemoryRegistry
 from ..registry import ModelRepository
 from ..settings import Settings
 from .admission import Admission
@@ -29,6 +28,7 @@ from .model_config import ModelIO
 from .models import ModelLifecycle, ModelState
 from .server_settings import LogSettings, trace_settings, update_trace_settings
 from .statistics import Statistics
+from .system_shm import SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 

@@ -144,8 +144,8 @@ def test_helpers() -> None:
 def test_mlos_ml_shm_key_checks_the_descriptor() -> None:
     import os
 
+    from mlos_core.dataplane.system_shm import SharedMemoryRegistry
     from mlos_core.errors import InvalidInputError
-    from mlos_core.protocols.shm import SharedMemoryRegistry
 
     registry = SharedMemoryRegistry()  # no kernel modes object: the key is tried
     fd = os.memfd_create("not-mlos-ml")
@@ -164,8 +164,8 @@ def test_mlos_ml_shm_key_checks_the_descriptor() -> None:
 @pytest.mark.parametrize("key", ["bad\0key", "/", "..", "/../x", "a/b", ""])
 def test_malformed_posix_shm_keys_are_client_errors(key: str) -> None:
     # Found by the schemathesis run: a NUL byte in the key reached os.open (a 500).
+    from mlos_core.dataplane.system_shm import SharedMemoryRegistry
     from mlos_core.errors import InvalidInputError
-    from mlos_core.protocols.shm import SharedMemoryRegistry
 
     with pytest.raises(InvalidInputError, match="invalid shared memory key"):
         SharedMemoryRegistry().register("r", key, 0, 16)

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Triton's system shared-memory extension: clients register POSIX shared-memory regions
 (shm_open key, offset, byte size) by name; inputs are read from and outputs written to
-them instead of travelling in the request body. Shared by REST and gRPC.
+them instead of travelling in the request body. The data plane owns the one registry
+(DataPlane.shm, beside DataPlane.cuda_shm for the CUDA extension, cuda_shm.py); the REST
+and gRPC transports call it through the plane and never import this module.
 
 A POSIX key is opened the way glibc's shm_open opens it: a plain name in /dev/shm (no '/'
 beyond the leading ones, not '.' or '..'), O_NOFOLLOW, and it must be a regular file, so
@@ -57,7 +59,7 @@ class Region:
     _map: mmap.mmap | None = None
     kind: str = "posix"  # posix | mlos-ml
     _fd: int = -1
-    #: A BufferPool (pools.py) the copies of inputs are read into: reused, already
+    #: A BufferPool (kernel/pools.py) the copies of inputs are read into: reused, already
     #: faulted-in pages instead of a fresh allocation per request. None: allocate.
     _buffers: Any = None
     _users: int = 0
