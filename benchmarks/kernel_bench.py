@@ -75,7 +75,7 @@ def _latency_run(iterations: int, period_s: float) -> list[int]:
 def bench_scheduler(iterations: int, chunk: int = 20) -> dict[str, object]:
     """The three variants run interleaved in chunks, so drift in the host's load (TCG
     shares the host's CPUs) spreads over all of them instead of biasing one."""
-    from mlos_core import mlos_ml
+    from mlos_core.kernel import mlos_ml
 
     ncpu = os.cpu_count() or 1
     hogs = [subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"]) for _ in range(2 * ncpu)]
@@ -113,7 +113,7 @@ def _faults() -> int:
 def bench_buffers(size: int, rounds: int) -> dict[str, object]:
     import numpy as np
 
-    from mlos_core import mlos_ml
+    from mlos_core.kernel import mlos_ml
 
     page = os.sysconf("SC_PAGE_SIZE")
     out: dict[str, object] = {"size_bytes": size}
@@ -207,7 +207,7 @@ while True:
 def bench_handoff(size: int, rounds: int) -> dict[str, object]:
     import numpy as np
 
-    from mlos_core import mlos_ml
+    from mlos_core.kernel import mlos_ml
 
     out: dict[str, object] = {"size_bytes": size}
     with mlos_ml.Device.open() as dev:

@@ -119,7 +119,7 @@ def large_tensors(clients: dict[str, Any]) -> dict[str, Any]:
     import tritonclient.http as httpclient
     import tritonclient.utils.shared_memory as shm
 
-    from mlos_core import mlos_ml
+    from mlos_core.kernel import mlos_ml
 
     out: dict[str, Any] = {}
     dev = mlos_ml.Device.open()

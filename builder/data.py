@@ -14,8 +14,8 @@ import yaml
 
 from mlos_build.errors import BuildError
 
-# The service's own rule; mlos_core.runtime_mode imports nothing heavy (no numpy).
-from mlos_core.runtime_mode import mode_for
+# The service's own rule; mlos_core.kernel.runtime_mode imports nothing heavy (no numpy).
+from mlos_core.kernel.runtime_mode import mode_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -134,8 +134,8 @@ def load_variant(name: str) -> Variant:
         raise BuildError(
             f"{path}: runtime_mode {variant.runtime_mode!r} disagrees with its module "
             f"parameters, which make {implied!r}",
-            hint="fix runtime_mode or the parameters (the rule: mlos_core.runtime_mode.mode_for, "
-            "README's runtime-mode table)")
+            hint="fix runtime_mode or the parameters (the rule: "
+            "mlos_core.kernel.runtime_mode.mode_for, README's runtime-mode table)")
     return variant
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 # Imported with the plugin, not in load(): initialising ONNX Runtime starts a process-wide
 # thread of its own, which must not pass for a model's intra-op thread (the scheduler
-# registers the threads a load starts for that model; see mlos_core/native_threads.py).
+# registers the threads a load starts for that model; see mlos_core/kernel/native_threads.py).
 import onnxruntime as ort
 
 from ..errors import InvalidInputError, ModelLoadError, ModelNotReadyError

@@ -14,6 +14,8 @@ neutral types (types.py), call it and frame the answer; they hold no inference l
     generation.py  text generation and embeddings
     decoding.py    bounded request decoding, off the event loop
     statistics.py  Triton's per-model-version statistics (hooks the inference path calls)
+    system_shm.py  Triton's system shared memory: the registered regions (POSIX shm and
+                   mlos-ml buffers) inputs are read from and outputs written to
     cuda_shm.py    Triton's CUDA shared memory, answered truthfully without CUDA
     server_settings.py  Triton's log settings (the service's logging level) and trace
     core.py        the DataPlane that joins them

@@ -12,12 +12,11 @@ from typing import Any
 from .. import __version__
 from ..backends.base import Backend
 from ..errors import MLOSError
-from ..kernel_modes import KernelModes, versions
+from ..kernel.modes import KernelModes, versions
+from ..kernel.runtime_mode import RuntimeMode, detect
 from ..metrics import Metrics
 from ..plugins import PluginManager
-from ..protocols.shm import SharedMemoryRegistry
 from ..registry import ModelRepository
-from ..runtime_mode import RuntimeMode, detect
 from ..settings import Settings
 from .admission import Admission
 from .cuda_shm import CudaSharedMemory
@@ -29,6 +28,7 @@ from .model_config import ModelIO
 from .models import ModelLifecycle, ModelState
 from .server_settings import LogSettings, trace_settings, update_trace_settings
 from .statistics import Statistics
+from .system_shm import SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from ..errors import (
     RequestTimeoutError,
     UnsupportedError,
 )
-from ..kernel_modes import KernelModes
+from ..kernel.modes import KernelModes
 from ..metrics import Metrics
 from ..settings import Settings
 from .admission import Admission, Slot

@@ -22,15 +22,15 @@ import numpy as np
 from ..backends.base import Backend
 from ..backends.capabilities import TextGenerator
 from ..errors import InvalidInputError, MLOSError, RequestTimeoutError, ServerBusyError
-from ..kernel_modes import KernelModes
+from ..kernel.modes import KernelModes
 from ..metrics import Metrics
-from ..protocols.shm import SharedMemoryRegistry
 from ..settings import Settings
 from ..tensors import DTYPES, datatype_of, element_count, from_bytes, numpy_dtype, to_bytes
 from .admission import Admission, Slot
 from .batching import Answer, Computed, DynamicBatcher, Pending
 from .model_config import ModelIO
 from .statistics import RequestTimes, Statistics
+from .system_shm import SharedMemoryRegistry
 from .types import InferRequest, InferResponse, InputTensor, OutputTensor, ShmRef
 
 log = logging.getLogger(__name__)

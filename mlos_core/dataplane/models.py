@@ -21,7 +21,7 @@ from ..errors import (
     ModelNotFoundError,
     ModelNotReadyError,
 )
-from ..kernel_modes import KernelModes
+from ..kernel.modes import KernelModes
 from ..plugins import PluginManager
 from ..registry import ImportedFile, ModelRepository, RepositoryModel
 from ..settings import Settings

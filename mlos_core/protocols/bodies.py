@@ -25,7 +25,7 @@ import numpy as np
 from starlette.requests import Request
 
 from ..errors import InvalidInputError
-from ..pools import REQUEST, BufferPool, PoolUnavailableError
+from ..kernel.pools import REQUEST, BufferPool, PoolUnavailableError
 
 HEADER_LENGTH = "inference-header-content-length"
 

@@ -76,7 +76,7 @@ def shm_mlos_ml(client: Any) -> dict[str, Any]:
     """Inputs and outputs in the client's own mlos-ml buffers (registered by pid:fd)."""
     import tritonclient.http as httpclient
 
-    from mlos_core import mlos_ml
+    from mlos_core.kernel import mlos_ml
 
     n = SMALL
     with mlos_ml.Device.open() as dev:

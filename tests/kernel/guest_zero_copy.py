@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from mlos_core import mlos_ml
+from mlos_core.kernel import mlos_ml
 
 N = 4 << 20  # float32 elements: 16 MiB per tensor
 

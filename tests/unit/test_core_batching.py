@@ -30,7 +30,7 @@ from core_fixtures import make_settings
 from core_models import make_lookup, make_mlp, make_scale, mlp_reference
 from tritonclient.utils import InferenceServerException
 
-from mlos_core.pools import REQUEST
+from mlos_core.kernel.pools import REQUEST
 from mlos_core.server import MLOSServer
 
 DELAY_US = 5_000_000  # far longer than any batch takes to arrive

@@ -22,7 +22,7 @@ from core_fixtures import *  # noqa: F403
 from starlette.requests import Request
 from tritonclient.utils import InferenceServerException
 
-from mlos_core.pools import REQUEST, HostPool, PoolUnavailableError
+from mlos_core.kernel.pools import REQUEST, HostPool, PoolUnavailableError
 from mlos_core.protocols.bodies import read_binary_body
 from mlos_core.protocols.rest_kserve import parse_infer_request
 from mlos_core.server import MLOSServer

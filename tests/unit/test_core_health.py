@@ -10,7 +10,7 @@ import pytest
 import requests
 from core_fixtures import *  # noqa: F403  (the fixtures)
 
-from mlos_core.runtime_mode import detect, parse_bool
+from mlos_core.kernel.runtime_mode import detect, parse_bool
 
 
 def sysfs(root: Path, **params: str) -> Path:

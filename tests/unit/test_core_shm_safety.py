@@ -182,7 +182,7 @@ def test_a_truncated_region_fails_the_request_not_the_server(
 MLOS_ML_KEY_WITHOUT_PROC = textwrap.dedent("""
     import os
     from mlos_core.errors import InvalidInputError
-    from mlos_core.protocols.shm import SharedMemoryRegistry
+    from mlos_core.dataplane.system_shm import SharedMemoryRegistry
     fd = os.memfd_create("not-an-mlos-ml-buffer")
     os.ftruncate(fd, 4096)
     assert not os.path.exists("/proc/self/fd"), "/proc is still mounted"

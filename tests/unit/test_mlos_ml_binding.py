@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlos_core import mlos_ml
-from mlos_core.mlos_ml import uapi
-from mlos_core.mlos_ml.errors import from_oserror
+from mlos_core.kernel import mlos_ml
+from mlos_core.kernel.mlos_ml import uapi
+from mlos_core.kernel.mlos_ml.errors import from_oserror
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = REPO / "kernel" / "include" / "uapi" / "mlos_ml.h"

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from core_fixtures import *  # noqa: F403  (the fixtures)
 from tritonclient.utils import InferenceServerException
 
-from mlos_core.kernel_modes import (
+from mlos_core.kernel.modes import (
     FEATURES,
     KernelModes,
     TensorPool,
@@ -22,7 +22,7 @@ from mlos_core.kernel_modes import (
     versions,
     wants_gpu,
 )
-from mlos_core.runtime_mode import detect
+from mlos_core.kernel.runtime_mode import detect
 
 FULL = {"debug_level": "0", "enable_tmm": "Y", "enable_scheduler": "Y",
         "enable_gpu_manager": "Y", "reserved_cpus": "1"}
@@ -144,8 +144,8 @@ def test_helpers() -> None:
 def test_mlos_ml_shm_key_checks_the_descriptor() -> None:
     import os
 
+    from mlos_core.dataplane.system_shm import SharedMemoryRegistry
     from mlos_core.errors import InvalidInputError
-    from mlos_core.protocols.shm import SharedMemoryRegistry
 
     registry = SharedMemoryRegistry()  # no kernel modes object: the key is tried
     fd = os.memfd_create("not-mlos-ml")
@@ -164,8 +164,8 @@ def test_mlos_ml_shm_key_checks_the_descriptor() -> None:
 @pytest.mark.parametrize("key", ["bad\0key", "/", "..", "/../x", "a/b", ""])
 def test_malformed_posix_shm_keys_are_client_errors(key: str) -> None:
     # Found by the schemathesis run: a NUL byte in the key reached os.open (a 500).
+    from mlos_core.dataplane.system_shm import SharedMemoryRegistry
     from mlos_core.errors import InvalidInputError
-    from mlos_core.protocols.shm import SharedMemoryRegistry
 
     with pytest.raises(InvalidInputError, match="invalid shared memory key"):
         SharedMemoryRegistry().register("r", key, 0, 16)

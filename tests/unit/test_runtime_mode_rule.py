@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""One rule from module parameters to the runtime mode (mlos_core.mlos_ml.mode_for): what
+"""One rule from module parameters to the runtime mode (mlos_core.kernel.mlos_ml.mode_for): what
 /health reports from sysfs, what the binding reads, what the service's features add up
 to, and what every variant file under images/variants declares all agree, and mlos-build
 refuses a variant whose declared mode contradicts its parameters."""
@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from mlos_build.data import images_dir, implied_runtime_mode, load_variant, variant_names
-from mlos_core import mlos_ml
-from mlos_core.kernel_modes import KernelModes
-from mlos_core.runtime_mode import detect
+from mlos_core.kernel import mlos_ml
+from mlos_core.kernel.modes import KernelModes
+from mlos_core.kernel.runtime_mode import detect
 
 # README's table, plus what the combinations it leaves out make: every kernel mode stands
 # on the memory manager (tmm), and the GPU manager counts only with the scheduler.

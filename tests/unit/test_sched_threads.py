@@ -24,14 +24,14 @@ import tritonclient.grpc as grpcclient
 from core_fixtures import *  # noqa: F403  (the fixtures)
 from core_models import make_mlp
 
-from mlos_core import mlos_ml
-from mlos_core import native_threads as nt
 from mlos_core.backends.base import ModelSource
 from mlos_core.backends.capabilities import GenerationParams
 from mlos_core.backends.onnx_runtime import OnnxRuntimeBackend
 from mlos_core.dataplane import DataPlane, InferRequest, InputTensor
-from mlos_core.kernel_modes import SCHEDULER, Feature
-from mlos_core.thread_registry import LATENCY, THROUGHPUT, ThreadRegistry
+from mlos_core.kernel import mlos_ml
+from mlos_core.kernel import native_threads as nt
+from mlos_core.kernel.modes import SCHEDULER, Feature
+from mlos_core.kernel.thread_registry import LATENCY, THROUGHPUT, ThreadRegistry
 
 
 def ort_backend(path: Path, intra: int) -> OnnxRuntimeBackend:

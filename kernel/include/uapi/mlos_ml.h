@@ -3,7 +3,7 @@
  * mlos-ml: user-space API of the MLOS machine-learning helper module.
  *
  * The contract shared by the module, its selftests and the Python binding
- * (mlos_core/mlos_ml). Every command is _IOWR on one struct: the caller fills
+ * (mlos_core/kernel/mlos_ml). Every command is _IOWR on one struct: the caller fills
  * the "in" fields and zeroes everything else, the module validates (reserved
  * fields and unknown flags must be 0, else -EINVAL), acts, and writes the
  * "out" fields back. A feature disabled by its module parameter answers

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Triton's system shared-memory extension: clients register POSIX shared-memory regions
 (shm_open key, offset, byte size) by name; inputs are read from and outputs written to
-them instead of travelling in the request body. Shared by REST and gRPC.
+them instead of travelling in the request body. The data plane owns the one registry
+(DataPlane.shm, beside DataPlane.cuda_shm for the CUDA extension, cuda_shm.py); the REST
+and gRPC transports call it through the plane and never import this module.
 
 A POSIX key is opened the way glibc's shm_open opens it: a plain name in /dev/shm (no '/'
 beyond the leading ones, not '.' or '..'), O_NOFOLLOW, and it must be a regular file, so
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..pools import PoolUnavailableError
+from ..kernel.pools import PoolUnavailableError
 
 SHM_DIR = Path("/dev/shm")
 _NAME_MAX = 255
@@ -57,7 +59,7 @@ class Region:
     _map: mmap.mmap | None = None
     kind: str = "posix"  # posix | mlos-ml
     _fd: int = -1
-    #: A BufferPool (pools.py) the copies of inputs are read into: reused, already
+    #: A BufferPool (kernel/pools.py) the copies of inputs are read into: reused, already
     #: faulted-in pages instead of a fresh allocation per request. None: allocate.
     _buffers: Any = None
     _users: int = 0
@@ -207,7 +209,7 @@ class SharedMemoryRegistry:
     def __init__(self, kernel: Any = None) -> None:
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
-        #: mlos_core.kernel_modes.KernelModes: says whether mlos-ml regions are available.
+        #: mlos_core.kernel.modes.KernelModes: says whether mlos-ml regions are available.
         self.kernel = kernel
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Python binding of the mlos-ml kernel module (kernel/include/uapi/mlos_ml.h).
 
-    from mlos_core import mlos_ml
+    from mlos_core.kernel import mlos_ml
     params = mlos_ml.read_parameters()          # None when the module is not loaded
     with mlos_ml.Device.open() as dev:          # DeviceNotFoundError without it
         pool = dev.create_pool(64 << 20)        # pinned, charged to RLIMIT_MEMLOCK

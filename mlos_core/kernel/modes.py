@@ -7,8 +7,8 @@ and takes each feature the module offers and the configuration allows:
 - memory manager: a pinned pool (pools.TensorPool); binary REST request bodies are read
   into its buffers (protocols/bodies.py) and response tensors are written by ONNX Runtime
   (IO binding) straight into them, reused from request to request; Triton shared-memory
-  regions may be mlos-ml buffers (see protocols/shm.py). Without it, request bodies go to
-  a host pool of the same shape (pools.HostPool), so they are pooled in every mode;
+  regions may be mlos-ml buffers (see dataplane/system_shm.py). Without it, request bodies
+  go to a host pool of the same shape (pools.HostPool), so they are pooled in every mode;
 - scheduler: the inference threads, and the native threads ONNX Runtime and llama.cpp
   start for them, are registered latency-critical (SCHED_FIFO on the reserved CPUs); the
   HTTP, gRPC and helper threads throughput (see thread_registry.py, native_threads.py);
