@@ -128,6 +128,13 @@ class ImageSpec(BuildSpec):
             packages += ["g++", "cmake", "python3-dev", "python3-venv"]
         return list(dict.fromkeys(packages))
 
+    @property
+    def venv_extras(self) -> str:
+        """The MLOS wheel's extras the image's environment installs: the LLM's when built
+        with it, and always the report extra (the Triton client `mlos-build validate`
+        runs in the guest)."""
+        return "llm,report" if self.with_llm else "report"
+
     def context(self) -> dict[str, Any]:
         dist = self.distribution
         security = dist.security or {}
@@ -153,6 +160,7 @@ class ImageSpec(BuildSpec):
             "build_packages": self.build_packages(),
             "pip_cache_mount": str(self.pip_cache_dir),
             "with_llm": self.with_llm,
+            "venv_extras": self.venv_extras,
             "autologin": self.autologin,
             "rest_port": REST_PORT,
             "demo": DEMO,

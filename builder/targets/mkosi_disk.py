@@ -5,6 +5,7 @@ built by mkosi 24.3 from the project render.py writes."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -69,6 +70,26 @@ def pinned_llm_requirement(wheel: Path) -> str:
                      "with --without-llm")
 
 
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The wheel's Requires-Dist lines (its dependencies and extras, as pip reads them)."""
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")),
+                        None)
+        text = archive.read(metadata).decode() if metadata else ""
+    return sorted(line for line in text.splitlines() if line.startswith("Requires-Dist:"))
+
+
+def venv_key(wheel: Path, distribution: str, release: str, extras: str) -> str:
+    """Names the image's cached Python environment (mkosi.postinst.chroot): the same
+    release, extras and declared dependencies give the same environment, whatever changed
+    in MLOS's own code, so a rebuild installs only the new MLOS wheel into it. Versions
+    stay as first resolved until a dependency declaration changes or the cache is cleared
+    (docs/builder.md)."""
+    digest = hashlib.sha256(json.dumps(
+        {"format": 1, "requires": wheel_requirements(wheel)}, sort_keys=True).encode())
+    return f"{distribution}-{release}-{extras.replace(',', '+')}-{digest.hexdigest()[:16]}"
+
+
 def reproducible_seed(name: str) -> list[str]:
     """With SOURCE_DATE_EPOCH set (a reproducible build), a fixed systemd-repart seed, so
     partition and file-system UUIDs are the same in every build of this image; without
@@ -88,7 +109,8 @@ class MkosiDiskTarget(Target):
     release_artifacts = True
     spec: ImageSpec
     # mkosi 24.3 names its incremental cache by distribution, release and architecture
-    # only: targets of the same distribution keep theirs apart, or each evicts the other's.
+    # only, and drops it when the package set differs: targets of the same distribution
+    # keep theirs apart, and so do this target's package sets (mkosi_cache_dir).
     mkosi_cache = "mkosi"
     tools = MKOSI_TOOLS
 
@@ -168,6 +190,9 @@ class MkosiDiskTarget(Target):
         wheel = src.wheel(assets)
         if self.spec.with_llm:
             (assets / "llm-requirement.txt").write_text(pinned_llm_requirement(wheel) + "\n")
+        (assets / "venv-key").write_text(venv_key(
+            wheel, self.spec.distribution.name, self.spec.release,
+            self.spec.venv_extras) + "\n")
         shutil.copy2(needed[0], assets / "mlos-core.service")
         shutil.copy2(needed[1], assets / "core.yaml")
         if self.spec.variant.module:
@@ -231,13 +256,23 @@ class MkosiDiskTarget(Target):
             self.progress(f"reusing the host's llama.cpp build {seeded.name} (its glibc is "
                           f"not newer than {spec.release}'s {glibc})")
 
+    def mkosi_cache_dir(self) -> Path:
+        """One incremental cache per package set (what mkosi's cache manifest compares):
+        profiles, kernel variants and images with or without the LLM install different
+        packages, and alternating builds in one directory would each find the other's
+        cache, drop it and install every package again."""
+        packages = "\n".join([*sorted(self.spec.packages()), "--",
+                              *sorted(self.spec.build_packages())])
+        return (self.spec.cache_dir / self.mkosi_cache
+                / hashlib.sha256(packages.encode()).hexdigest()[:12])
+
     def _mkosi(self, project: Path, mkosi_out: Path, log: Path) -> None:
         spec = self.spec
         run(
             ["mkosi", "--directory", project,
              "--output-dir", mkosi_out,
              "--package-cache-dir", spec.cache_dir / "packages",
-             "--cache-dir", spec.cache_dir / self.mkosi_cache,
+             "--cache-dir", self.mkosi_cache_dir(),
              "--incremental", "yes",
              *reproducible_seed(spec.name),
              "--force", "build"],
