@@ -30,8 +30,9 @@ WHERES = ("local", "host", "command")
 
 _CPU_HOG = "while True:\n    pass\n"
 
-# Two buffers of `mib` MiB each; every pass reads one and writes the other. With
-# `seconds` > 0 it measures for that long and prints GiB/s moved (read + write).
+# Two buffers of `mib` MiB each; every pass reads one and writes the other. It says
+# "ready" once every page is touched; with `seconds` > 0 it then measures for that long
+# and prints GiB/s moved (read + write).
 _MEM_HOG = """
 import sys, time
 import numpy as np
@@ -39,6 +40,7 @@ mib, seconds = float(sys.argv[1]), float(sys.argv[2])
 src = np.ones(int(mib * 2**20) // 8)
 dst = np.empty_like(src)
 np.copyto(dst, src)  # touch every page before timing
+print("ready", flush=True)
 passes, t0 = 0, time.perf_counter()
 while seconds <= 0 or time.perf_counter() - t0 < seconds:
     np.copyto(dst, src)
@@ -51,7 +53,7 @@ def measure_memory_bandwidth(mib: float, seconds: float = 1.0) -> float:
     """GiB/s one memory hog moves on a quiet machine (what it takes from the others)."""
     out = subprocess.run([sys.executable, "-c", _MEM_HOG, str(mib), str(seconds)],
                          capture_output=True, text=True, timeout=60 + 10 * seconds, check=True)
-    return round(float(out.stdout.strip()), 2)
+    return round(float(out.stdout.split()[-1]), 2)
 
 
 class Hogs:
@@ -91,7 +93,14 @@ class Hogs:
                 for _ in range(self.mem_hogs):
                     self.procs.append(subprocess.Popen(
                         [sys.executable, "-c", _MEM_HOG, str(self.mem_mib), "0"],
-                        start_new_session=True, stdout=subprocess.DEVNULL))
+                        start_new_session=True, stdout=subprocess.PIPE))
+                # Filling the buffers takes seconds in a slow guest: measure only once
+                # every memory hog streams.
+                for proc in self.procs[self.count:]:
+                    assert proc.stdout is not None
+                    if proc.stdout.readline().strip() != b"ready":
+                        raise RuntimeError("a memory hog did not start (numpy missing, or "
+                                           "no memory for its buffers?)")
         except BaseException:
             self.stop()
             raise
@@ -120,4 +129,6 @@ class Hogs:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         self.procs.clear()
