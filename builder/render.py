@@ -26,7 +26,7 @@ from mlos_build.access import (
 )
 from mlos_build.apt import Distribution, DistributionProfile, load_distribution
 from mlos_build.data import Profile, images_dir, load_profile, load_variant
-from mlos_build.demo_model import DEMO
+from mlos_build.demo_model import DEMO, DEMO_LLM
 from mlos_build.errors import BuildError
 from mlos_build.spec import BuildSpec
 
@@ -164,6 +164,7 @@ class ImageSpec(BuildSpec):
             "autologin": self.autologin,
             "rest_port": REST_PORT,
             "demo": DEMO,
+            "demo_llm": DEMO_LLM,
         }
 
 

@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the contended repetitions")
     run.add_argument("--hogs", type=int, default=defaults.hogs,
                      help="CPU hog processes for contended repetitions [%(default)s]")
+    run.add_argument("--mem-hogs", type=int, default=defaults.mem_hogs,
+                     help="memory-bandwidth hogs beside the CPU hogs [%(default)s]")
+    run.add_argument("--mem-hog-mib", type=float, default=defaults.mem_hog_mib,
+                     help="each memory hog copies between two buffers of this size "
+                          "[%(default)s]")
     run.add_argument("--hogs-where", choices=WHERES, default="local",
                      help="local: hogs beside a local service; host: on the QEMU host of a "
                           "guest; command: --hog-command starts them on the target")
@@ -79,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tensor-requests", type=int, default=defaults.tensor_requests)
     run.add_argument("--json-requests", type=int, default=defaults.json_requests)
     run.add_argument("--json-max-mib", type=float, default=defaults.json_max_mib)
+    run.add_argument("--no-heavy-model", action="store_true",
+                     help="do not register the heavy-compute model (mlos-bench-heavy)")
     run.add_argument("--no-llm", action="store_true", help="skip /v1 LLM completions")
+    run.add_argument("--llm-requests", type=int, default=defaults.llm_requests,
+                     help="serial completions per LLM repetition [%(default)s]")
+    run.add_argument("--llm-max-tokens", type=int, default=defaults.llm_max_tokens)
 
     render = sub.add_parser("render", help="render results JSON files into one HTML report")
     render.add_argument("results", type=Path, nargs="+", help="results.json files, one per run")
@@ -114,10 +124,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = SuiteSettings(
         repetitions=args.repetitions, requests=args.requests, warmup=args.warmup,
         concurrency=args.concurrency, protocols=args.protocols, models=args.models,
-        contention=not args.no_contention, hogs=args.hogs, hogs_where=args.hogs_where,
+        contention=not args.no_contention, hogs=args.hogs, mem_hogs=args.mem_hogs,
+        mem_hog_mib=args.mem_hog_mib, hogs_where=args.hogs_where,
         hog_command=args.hog_command, tensor_model=args.tensor_model,
         tensor_sizes_mib=args.tensor_sizes_mib, tensor_requests=args.tensor_requests,
-        json_requests=args.json_requests, json_max_mib=args.json_max_mib, llm=not args.no_llm)
+        json_requests=args.json_requests, json_max_mib=args.json_max_mib,
+        heavy_model=not args.no_heavy_model, llm=not args.no_llm,
+        llm_requests=args.llm_requests, llm_max_tokens=args.llm_max_tokens)
     previous = [load_results(p) for p in args.compare_with]
     target = Target(args.url, grpc_url, args.api_key)
     try:

@@ -1,13 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
-"""CPU contention: busy-loop "hog" processes running while a load phase is measured.
+"""Contention: "hog" processes running while a load phase is measured.
+
+The mix follows "mixed workloads": one busy-loop CPU hog per CPU at normal priority
+(nice 0, SCHED_OTHER: what other tenants' batch jobs get), plus memory-bandwidth hogs
+that stream through buffers far larger than the caches, so the service also competes
+for the memory bus and loses its cache lines.
 
 Where the hogs run decides what a contended figure means, so the results record it:
-- `local`: N hogs on this machine, the same machine as a local service;
-- `host`: N hogs on the host while the service runs in a QEMU guest: they compete with
+- `local`: the hogs on this machine, the same machine as a local service;
+- `host`: the hogs on the host while the service runs in a QEMU guest: they compete with
   the guest's vCPU threads (the guest sees stolen time, not an in-guest competitor);
 - `command`: a user-given shell command that starts hogs on the target (for example
   over ssh into the guest) and runs until it is stopped; its process group is ended
-  after the phase.
+  after the phase. What it runs is up to the command: no memory hog is added.
 """
 
 from __future__ import annotations
@@ -19,17 +24,43 @@ import subprocess
 import sys
 import time
 from types import TracebackType
+from typing import Any
 
 WHERES = ("local", "host", "command")
 
-_HOG = "while True:\n    pass\n"
+_CPU_HOG = "while True:\n    pass\n"
+
+# Two buffers of `mib` MiB each; every pass reads one and writes the other. It says
+# "ready" once every page is touched; with `seconds` > 0 it then measures for that long
+# and prints GiB/s moved (read + write).
+_MEM_HOG = """
+import sys, time
+import numpy as np
+mib, seconds = float(sys.argv[1]), float(sys.argv[2])
+src = np.ones(int(mib * 2**20) // 8)
+dst = np.empty_like(src)
+np.copyto(dst, src)  # touch every page before timing
+print("ready", flush=True)
+passes, t0 = 0, time.perf_counter()
+while seconds <= 0 or time.perf_counter() - t0 < seconds:
+    np.copyto(dst, src)
+    passes += 1
+print(2 * passes * src.nbytes / 2**30 / (time.perf_counter() - t0))
+"""
+
+
+def measure_memory_bandwidth(mib: float, seconds: float = 1.0) -> float:
+    """GiB/s one memory hog moves on a quiet machine (what it takes from the others)."""
+    out = subprocess.run([sys.executable, "-c", _MEM_HOG, str(mib), str(seconds)],
+                         capture_output=True, text=True, timeout=60 + 10 * seconds, check=True)
+    return round(float(out.stdout.split()[-1]), 2)
 
 
 class Hogs:
-    """A context manager that keeps `count` CPU hogs running inside its block."""
+    """A context manager that keeps `count` CPU hogs and `mem_hogs` memory hogs running."""
 
     def __init__(self, count: int, where: str = "local", command: str | None = None,
-                 settle_s: float = 0.3) -> None:
+                 settle_s: float = 0.3, mem_hogs: int = 0, mem_mib: float = 128.0) -> None:
         if where not in WHERES:
             raise ValueError(f"contention place {where!r}: expected one of {WHERES}")
         if where == "command" and not command:
@@ -38,10 +69,15 @@ class Hogs:
         self.where = where
         self.command = command
         self.settle_s = settle_s
+        self.mem_hogs = 0 if where == "command" else mem_hogs
+        self.mem_mib = mem_mib
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def describe(self) -> dict[str, object]:
-        return {"hogs": self.count, "where": self.where, "command": self.command}
+    def describe(self) -> dict[str, Any]:
+        return {"hogs": self.count, "where": self.where, "command": self.command,
+                # The hogs inherit the suite's own priority.
+                "nice": os.getpriority(os.PRIO_PROCESS, 0), "memory_hogs": self.mem_hogs,
+                "memory_hog_mib": self.mem_mib if self.mem_hogs else None}
 
     def __enter__(self) -> Hogs:
         try:
@@ -52,12 +88,23 @@ class Hogs:
                                                    stdout=subprocess.DEVNULL))
             else:
                 for _ in range(self.count):
-                    self.procs.append(subprocess.Popen([sys.executable, "-c", _HOG],
+                    self.procs.append(subprocess.Popen([sys.executable, "-c", _CPU_HOG],
                                                        start_new_session=True))
+                for _ in range(self.mem_hogs):
+                    self.procs.append(subprocess.Popen(
+                        [sys.executable, "-c", _MEM_HOG, str(self.mem_mib), "0"],
+                        start_new_session=True, stdout=subprocess.PIPE))
+                # Filling the buffers takes seconds in a slow guest: measure only once
+                # every memory hog streams.
+                for proc in self.procs[self.count:]:
+                    assert proc.stdout is not None
+                    if proc.stdout.readline().strip() != b"ready":
+                        raise RuntimeError("a memory hog did not start (numpy missing, or "
+                                           "no memory for its buffers?)")
         except BaseException:
             self.stop()
             raise
-        # Let the hogs reach the run queue before measuring.
+        # Let the hogs reach the run queue (and the memory hogs fill their buffers).
         time.sleep(self.settle_s)
         for proc in self.procs:
             if proc.poll() is not None:
@@ -82,4 +129,6 @@ class Hogs:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         self.procs.clear()

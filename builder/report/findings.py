@@ -130,7 +130,7 @@ def compare_modes(runs: list[dict[str, Any]]) -> list[Finding]:
     return out
 
 
-def _tensor_point(run: dict[str, Any], transport: str, mib: float) -> dict[str, Any] | None:
+def tensor_point(run: dict[str, Any], transport: str, mib: float) -> dict[str, Any] | None:
     series = run.get("tensor_series") or {}
     for p in series.get("points", []):
         if p["transport"] == transport and p["mib"] == mib and p.get("p50_ms") is not None:
@@ -138,18 +138,18 @@ def _tensor_point(run: dict[str, Any], transport: str, mib: float) -> dict[str, 
     return None
 
 
-def _largest_common(run: dict[str, Any], transports: tuple[str, ...]) -> float | None:
+def largest_common(run: dict[str, Any], transports: tuple[str, ...]) -> float | None:
     sizes = {p["mib"] for p in (run.get("tensor_series") or {}).get("points", [])}
-    ok = [s for s in sizes if all(_tensor_point(run, t, s) for t in transports)]
+    ok = [s for s in sizes if all(tensor_point(run, t, s) for t in transports)]
     return max(ok) if ok else None
 
 
 def _tensor_vs_base(run: dict[str, Any], base: dict[str, Any], name: str,
                     base_name: str) -> list[Finding]:
-    size = _largest_common(run, ("shm",))
-    if size is None or _tensor_point(base, "shm", size) is None:
+    size = largest_common(run, ("shm",))
+    if size is None or tensor_point(base, "shm", size) is None:
         return []
-    cand, ref = _tensor_point(run, "shm", size), _tensor_point(base, "shm", size)
+    cand, ref = tensor_point(run, "shm", size), tensor_point(base, "shm", size)
     assert cand is not None and ref is not None
     c = spread(cand.get("samples_ms", [cand["p50_ms"]]))
     r = spread(ref.get("samples_ms", [ref["p50_ms"]]))
@@ -172,14 +172,14 @@ def zero_copy(run: dict[str, Any], name: str) -> list[Finding]:
         return [Finding("info", f"{name}: large-tensor series skipped: {series['skipped']}.")]
     shm_errors = [p for p in series.get("points", []) if p["transport"] == "shm"
                   and p.get("error")]
-    if shm_errors and _largest_common(run, ("shm",)) is None:
+    if shm_errors and largest_common(run, ("shm",)) is None:
         return [Finding("info", f"{name}: shared memory could not be used: "
                                 f"{shm_errors[0]['error']}")]
     for other in ("rest_binary", "grpc", "rest_json"):
-        size = _largest_common(run, ("shm", other))
+        size = largest_common(run, ("shm", other))
         if size is None:
             continue
-        shm, cp = _tensor_point(run, "shm", size), _tensor_point(run, other, size)
+        shm, cp = tensor_point(run, "shm", size), tensor_point(run, other, size)
         assert shm is not None and cp is not None
         label = {"rest_binary": "binary REST", "grpc": "gRPC", "rest_json": "JSON REST"}[other]
         ratio = cp["p50_ms"] / shm["p50_ms"] if shm["p50_ms"] else float("inf")
@@ -191,6 +191,11 @@ def zero_copy(run: dict[str, Any], name: str) -> list[Finding]:
             out.append(Finding("loss", text + f": zero-copy does not beat {label} "
                                               f"({fmt(1 / ratio)}x slower)."))
     return out
+
+
+def _mem_hogs(cont: dict[str, Any]) -> str:
+    n = cont.get("memory_hogs")
+    return f" and {n} memory hog{'s' if n != 1 else ''}" if n else ""
 
 
 def contention_effect(run: dict[str, Any], name: str) -> list[Finding]:
@@ -209,5 +214,20 @@ def contention_effect(run: dict[str, Any], name: str) -> list[Finding]:
         out.append(Finding("info", f"{name}, {key_text(key)}: median p99 "
                                    f"{fmt(quiet_p99['median'])} ms quiet, "
                                    f"{fmt(busy_p99['median'])} ms with {cont.get('hogs')} "
-                                   f"CPU hogs ({cont.get('where')}): x{factor:.2f}."))
+                                   f"CPU hogs{_mem_hogs(cont)} ({cont.get('where')}): "
+                                   f"x{factor:.2f}."))
     return out
+
+
+def llm_contention_effect(run: dict[str, Any], name: str) -> list[Finding]:
+    """What the hogs cost the LLM's p99 completion latency in one run."""
+    llm = run.get("llm") or {}
+    parts = {bool(p["contention"]): p["repetitions"] for p in llm.get("runs", [])}
+    quiet = spread([r.get("p99_ms") for r in parts.get(False, [])])
+    busy = spread([r.get("p99_ms") for r in parts.get(True, [])])
+    if quiet is None or busy is None:
+        return []
+    factor = busy["median"] / quiet["median"] if quiet["median"] else 0
+    return [Finding("info", f"{name}, LLM {llm.get('model')} over /v1/completions: median "
+                            f"p99 {fmt(quiet['median'])} ms quiet, {fmt(busy['median'])} ms "
+                            f"contended: x{factor:.2f}.")]

@@ -12,7 +12,7 @@ import json
 from html import escape
 from typing import Any
 
-from mlos_build.report import findings
+from mlos_build.report import findings, verdict
 from mlos_build.report.charts import PALETTE, Range, legend, line_chart, range_chart
 from mlos_build.report.modes import mode_card
 from mlos_build.report.stats import fmt, spread
@@ -35,6 +35,8 @@ th,td{border:1px solid #ddd;padding:.25em .55em;text-align:right}
 th{background:#f0f0f0} td.l,th.l{text-align:left}
 .spread{color:#777;font-size:.85em}
 ul.findings li{margin:.3em 0} .win{color:#17631d} .loss{color:#a11} .tie{color:#8a5a00}
+details.group{margin:.4em 0} details.group summary{cursor:pointer;font-weight:600}
+table.verdict td{text-align:center} table.verdict .word{font-weight:600}
 .legend{font-size:.85em;margin:.3em 0}
 .swatch{display:inline-block;width:.9em;height:.9em;margin-right:.3em;vertical-align:middle}
 svg.chart{display:block;margin:.4em 0 1.2em;max-width:100%;height:auto}
@@ -101,21 +103,86 @@ def release_versions(runs: list[dict[str, Any]], names: list[str]) -> str:
     return "".join(out)
 
 
-def _findings_section(runs: list[dict[str, Any]], names: list[str]) -> str:
-    items: list[findings.Finding] = []
-    if len(runs) > 1:
-        items += findings.compare_modes(runs)
-    for run, name in zip(runs, names, strict=True):
-        items += findings.zero_copy(run, name)
-    for run, name in zip(runs, names, strict=True):
-        items += findings.contention_effect(run, name)
-    if not items:
-        items = [findings.Finding("info", "Nothing was measured.")]
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.0f}%"
+
+
+def _verdict_cell(c: verdict.Cell) -> str:
+    cls = {"better": "win", "worse": "loss", "no clear difference": "tie"}.get(c.word, "")
+    if c.cand is None:
+        return f'<td class="{cls}"><span class="word">{escape(c.word)}</span></td>'
+    return (f'<td class="{cls}">{_pct(c.change_pct)} <span class="spread">'
+            f"[{_pct(c.low_pct)}…{_pct(c.high_pct)}]</span><br>"
+            f'<span class="word">{escape(c.word)}</span></td>')
+
+
+def verdict_section(runs: list[dict[str, Any]]) -> str:
+    """The verdict table, first on the page when several runs are compared."""
+    table = verdict.verdict_table(runs)
+    out = ['<section id="verdict"><h2>Verdict: kernel modes against userspace</h2>']
+    if table.base_name is None:
+        out.append("<p>No run reports runtime_mode &#x27;userspace&#x27; on /health, so no "
+                   "mode is compared against a userspace baseline.</p></section>")
+        return "".join(out)
+    head = table.headline
+    where = (f"{escape(head.model)} over {'REST' if head.protocol == 'http' else 'gRPC'}, "
+             f"concurrency {head.p99_concurrency} for p99 and "
+             f"{head.throughput_concurrency} for throughput" if head else "no ONNX model")
+    out.append(
+        f'<p class="sub">Each cell: the mode\'s median against {escape(table.base_name)}\'s '
+        "median, then <span class=\"spread\">[min…max]</span> of the mode's values against "
+        "the same median, then the verdict: <b>better</b> or <b>worse</b> only when the "
+        "two min–max ranges (over repetitions; over requests for shared memory) do not "
+        f"overlap, else <b>no clear difference</b>. Latency and throughput columns: {where}; "
+        "shared memory: the largest tensor of the series, p50 latency per request.</p>")
+    header = "".join(f"<th>{escape(c.title)}</th>" for c in verdict.COLUMNS)
+    base_cells = "".join(
+        f"<td>{fmt(b['median'])} {c.unit} <span class=\"spread\">"
+        f"[{fmt(b['min'])}–{fmt(b['max'])}]</span></td>" if b else "<td>not measured</td>"
+        for c, b in zip(verdict.COLUMNS, table.baseline, strict=True))
+    rows = [f'<tr><td class="l">{escape(table.base_name)} (baseline)</td>{base_cells}</tr>']
+    rows += [f'<tr><td class="l">{escape(name)}</td>'
+             + "".join(_verdict_cell(c) for c in cells) + "</tr>"
+             for name, cells in table.rows]
+    if not table.rows:
+        rows.append(f'<tr><td class="l" colspan="{len(verdict.COLUMNS) + 1}">'
+                    "no kernel-mode run to compare</td></tr>")
+    out.append(f'<table class="verdict"><tr><th class="l">mode</th>{header}</tr>'
+               + "".join(rows) + "</table></section>")
+    return "".join(out)
+
+
+def _group(title: str, items: list[findings.Finding]) -> str:
+    counts = [f"{n} {word}" for word, n in (
+        ("better", sum(f.level == "win" for f in items)),
+        ("worse", sum(f.level == "loss" for f in items)),
+        ("unclear", sum(f.level == "tie" for f in items))) if n]
     lis = "".join(f'<li class="{f.level}">{escape(f.text)}</li>' for f in items)
+    summary = f"{title} ({len(items)} sentences" + (f": {', '.join(counts)}" if counts
+                                                     else "") + ")"
+    return (f'<details class="group"><summary>{escape(summary)}</summary>'
+            f'<ul class="findings">{lis}</ul></details>')
+
+
+def _findings_section(runs: list[dict[str, Any]], names: list[str]) -> str:
+    groups: list[tuple[str, list[findings.Finding]]] = []
+    if len(runs) > 1:
+        groups.append(("Kernel modes against userspace, configuration by configuration",
+                       findings.compare_modes(runs)))
+    groups.append(("Zero-copy against the copy paths",
+                   [f for run, name in zip(runs, names, strict=True)
+                    for f in findings.zero_copy(run, name)]))
+    groups.append(("What contention costs each run",
+                   [f for run, name in zip(runs, names, strict=True)
+                    for f in [*findings.contention_effect(run, name),
+                              *findings.llm_contention_effect(run, name)]]))
+    body = "".join(_group(title, items) for title, items in groups if items)
+    if not body:
+        body = '<ul class="findings"><li class="info">Nothing was measured.</li></ul>'
     return ('<section id="findings"><h2>Findings</h2><p class="sub">Computed from the figures '
-            "below. A mode beats another only when its whole min–max range over the "
-            "repetitions is better.</p>"
-            f'<ul class="findings">{lis}</ul></section>')
+            "below, grouped and folded (open a group to read it). A mode beats another "
+            "only when its whole min–max range over the repetitions is better.</p>"
+            f"{body}</section>")
 
 
 def _series_names(runs: list[dict[str, Any]], names: list[str]) -> list[tuple[int, bool, str]]:
@@ -254,6 +321,31 @@ def llm_section(runs: list[dict[str, Any]], names: list[str]) -> str:
             + "".join(rows) + "</table></section>")
 
 
+def _memory_hog_text(cont: dict[str, Any]) -> str:
+    if not cont.get("memory_hogs"):
+        return ""
+    rate = (f", {fmt(cont['memory_hog_gib_s'])} GiB/s each measured alone"
+            if cont.get("memory_hog_gib_s") else
+            f" (bandwidth not measured: {cont.get('memory_hog_error', 'unknown')})")
+    return (f", plus {cont['memory_hogs']} memory-bandwidth hog(s) copying between two "
+            f"{fmt(cont.get('memory_hog_mib') or 0)} MiB buffers{escape(rate)}")
+
+
+def _llm_method_text(llm: dict[str, Any] | None) -> str:
+    if not llm:
+        return ""
+    threads = llm.get("threads") or {}
+    reg = threads.get("registered") or {}
+    if threads.get("scheduler_in_use"):
+        seen = ", ".join(f"{n} {k}" for k, n in sorted(reg.items())) or "none seen"
+        text = f"llama.cpp threads registered with mlos-ml during a completion: {seen}"
+    else:
+        text = ("llama.cpp threads not registered (scheduler not in use: "
+                f"{threads.get('reason') or 'not reported'})")
+    return (f"<li>LLM {escape(str(llm.get('model')))}: {llm.get('max_tokens')} tokens per "
+            f"completion over {escape(str(llm.get('route')))}; {escape(text)}.</li>")
+
+
 def method_section(runs: list[dict[str, Any]], names: list[str]) -> str:
     out = ['<section id="method"><h2>How this was measured</h2>']
     for run, name in zip(runs, names, strict=True):
@@ -268,7 +360,20 @@ def method_section(runs: list[dict[str, Any]], names: list[str]) -> str:
         cont_text = ("none (contention disabled)" if not cont else
                      f"{cont.get('hogs')} busy-loop processes {where.get(cont.get('where'), '?')}"
                      + (f": <code>{escape(str(cont.get('command')))}</code>"
-                        if cont.get("command") else ""))
+                        if cont.get("command") else "")
+                     + (f" at nice {cont['nice']}" if cont.get("nice") is not None else "")
+                     + _memory_hog_text(cont))
+        heavy_info = run.get("heavy_model")
+        heavy_text = ""
+        if heavy_info:
+            heavy_text = (f"<li>Heavy-compute model {escape(str(heavy_info.get('name')))}: "
+                          f"{heavy_info.get('flops', 0) / 1e6:.0f} MFLOP a request, input "
+                          f"{escape(str(heavy_info.get('input_shape')))}, "
+                          + escape(heavy_info.get("error")
+                                   or ("registered by this run (upload) and deleted after"
+                                       if heavy_info.get("registered")
+                                       else str(heavy_info.get("note", ""))))
+                          + ".</li>")
         out.append(
             f"<h3>{escape(name)}</h3><ul>"
             f"<li>Run {escape(str(run.get('started_at')))} → "
@@ -281,7 +386,8 @@ def method_section(runs: list[dict[str, Any]], names: list[str]) -> str:
             f"{st.get('repetitions')} repetitions of {st.get('requests')} requests after "
             f"{st.get('warmup')} warm-up requests; quiet and contended repetitions "
             "alternate.</li>"
-            f"<li>CPU contention: {cont_text}.</li>"
+            f"<li>Contention: {cont_text}.</li>{heavy_text}"
+            + _llm_method_text(run.get("llm")) +
             f"<li>Load generator: {escape(str(host.get('hostname')))}, "
             f"{host.get('cpus')} CPUs, kernel {escape(str(host.get('kernel')))}, "
             f"load average at start {escape(str(host.get('loadavg')))}.</li>")
@@ -304,6 +410,7 @@ def render_html(runs: list[dict[str, Any]], title: str | None = None) -> str:
     body = [f"<h1>{escape(title)}</h1>",
             f'<p class="sub">Rendered {escape(now)} from {len(runs)} run(s): '
             f"{escape(', '.join(names))}.</p>",
+            *([verdict_section(runs)] if len(runs) > 1 else []),
             release_versions(runs, names), _findings_section(runs, names),
             latency_section(runs, names), tensor_section(runs, names), llm_section(runs, names),
             method_section(runs, names)]

@@ -45,9 +45,14 @@ class Target:
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """One JSON request; returns the decoded body (None for an empty one)."""
         data = json.dumps(body).encode() if body is not None else None
+        return self.request_raw(method, path, data, "application/json")
+
+    def request_raw(self, method: str, path: str, data: bytes | None,
+                    content_type: str) -> Any:
+        """One request with a ready-made body; returns the decoded JSON answer."""
         headers = dict(self.headers)
         if data is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         req = urllib.request.Request(self.rest_url + path, data=data, method=method,
                                      headers=headers)
         try:

@@ -7,14 +7,15 @@ import datetime as dt
 import os
 import platform
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlos_build.report import llm, load, tensors
-from mlos_build.report.contention import Hogs
+from mlos_build.report import heavy, llm, load, tensors
+from mlos_build.report.contention import Hogs, measure_memory_bandwidth
 from mlos_build.report.modes import mode_card, versions_from_health
 from mlos_build.report.service import ServiceError, Target, llm_models, onnx_models
 
@@ -33,8 +34,11 @@ class SuiteSettings:
     models: list[str] | None = None
     contention: bool = True
     hogs: int = os.cpu_count() or 2
+    mem_hogs: int = 1
+    mem_hog_mib: float = 128.0
     hogs_where: str = "local"
     hog_command: str | None = None
+    heavy_model: bool = True
     tensor_model: str | None = None
     tensor_sizes_mib: list[float] = field(default_factory=lambda: [1.0, 4.0, 16.0])
     tensor_requests: int = 10
@@ -81,8 +85,8 @@ def run_suite(target: Target, settings: SuiteSettings, label: str | None = None,
         "mode_card": mode_card(runtime_mode),
         "versions": versions_from_health(health, server_meta),
         "settings": asdict(settings),
-        "contention": Hogs(settings.hogs, settings.hogs_where, settings.hog_command).describe()
-        if settings.contention else None,
+        "contention": _describe_contention(settings, say),
+        "heavy_model": None,
         "models": [],
         "benchmarks": [],
         "tensor_series": None,
@@ -90,18 +94,30 @@ def run_suite(target: Target, settings: SuiteSettings, label: str | None = None,
         "notes": [],
     }
     served = onnx_models(target)
-    models = [m for m in served if not settings.models or m["name"] in settings.models]
-    results["models"] = models
-    if not models:
-        results["notes"].append("the service listed no ready ONNX model in /v2/repository/index")
-    for model in models:
-        _bench_model(target, settings, model, results, say)
-    _bench_tensors(target, settings, served, results, say)
-    if settings.llm:
-        ids = llm_models(target)
-        if ids:
-            say(f"LLM: {ids[0]} via /v1/completions")
-            results["llm"] = llm.measure(target, ids[0], settings, _hogs_factory(settings))
+    if settings.heavy_model and (not settings.models or heavy.NAME in settings.models):
+        info = results["heavy_model"] = heavy.register(target, [m["name"] for m in served])
+        if "error" in info:
+            results["notes"].append(f"heavy-compute model not measured: {info['error']}")
+        else:
+            say(f"heavy-compute model {heavy.NAME}: {info['flops'] / 1e6:.0f} MFLOP a request")
+            served = onnx_models(target)
+    try:
+        models = [m for m in served if not settings.models or m["name"] in settings.models]
+        results["models"] = models
+        if not models:
+            results["notes"].append(
+                "the service listed no ready ONNX model in /v2/repository/index")
+        for model in models:
+            _bench_model(target, settings, model, results, say)
+        _bench_tensors(target, settings, served, results, say)
+        if settings.llm:
+            ids = llm_models(target)
+            if ids:
+                say(f"LLM: {ids[0]} via /v1/completions")
+                results["llm"] = llm.measure(target, ids[0], settings, _hogs_factory(settings))
+    finally:
+        if results["heavy_model"]:
+            heavy.unregister(target, results["heavy_model"])
     results["finished_at"] = _now()
     results["health_after"] = _health_or_error(target)
     return results
@@ -114,10 +130,33 @@ def _health_or_error(target: Target) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
+def _hogs(settings: SuiteSettings) -> Hogs:
+    return Hogs(settings.hogs, settings.hogs_where, settings.hog_command,
+                mem_hogs=settings.mem_hogs, mem_mib=settings.mem_hog_mib)
+
+
 def _hogs_factory(settings: SuiteSettings) -> Callable[[], Hogs] | None:
     if not settings.contention:
         return None
-    return lambda: Hogs(settings.hogs, settings.hogs_where, settings.hog_command)
+    return lambda: _hogs(settings)
+
+
+def _describe_contention(settings: SuiteSettings,
+                         say: Callable[[str], None]) -> dict[str, Any] | None:
+    """What the contended repetitions run beside the service, with the memory hog's
+    bandwidth measured here once, on a quiet machine."""
+    if not settings.contention:
+        return None
+    hogs = _hogs(settings)
+    out = hogs.describe()
+    if hogs.mem_hogs:
+        try:
+            out["memory_hog_gib_s"] = measure_memory_bandwidth(hogs.mem_mib)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            out["memory_hog_error"] = str(exc)[:300]
+    say(f"contention: {out['hogs']} CPU hogs, {out['memory_hogs']} memory hogs "
+        f"({out.get('memory_hog_gib_s', '?')} GiB/s each) at nice {out['nice']}")
+    return out
 
 
 def _bench_model(target: Target, settings: SuiteSettings, model: dict[str, Any],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from mlos_build.report.charts import log_ticks, nice_ticks
-from mlos_build.report.contention import Hogs
+from mlos_build.report.contention import Hogs, measure_memory_bandwidth
 from mlos_build.report.stats import spread, summarize_latencies
 
 
@@ -95,3 +96,23 @@ def test_axis_ticks_cover_the_range() -> None:
     assert nice_ticks(0, 3250)[-1] >= 3250  # the axis always reaches the longest bar
     decades = log_ticks(0.2, 4000)
     assert decades[0] <= 1 and decades[-1] >= 1000 and 10 in decades
+
+
+def test_memory_hogs_move_memory_and_are_ended_with_the_cpu_hogs() -> None:
+    # Measured alone, one hog streams far more than a cache could hold each second.
+    assert measure_memory_bandwidth(64, seconds=0.3) > 0.5  # GiB/s
+    with Hogs(1, "local", settle_s=0.5, mem_hogs=1, mem_mib=64) as hogs:
+        assert len(hogs.procs) == 2
+        mem = hogs.procs[1]
+        rss_kib = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{mem.pid}/status")
+                                .read_text()).group(1))  # type: ignore[union-attr]
+        assert rss_kib > 2 * 60 * 1024  # both 64 MiB buffers are touched
+        before = _cpu_ticks(mem.pid)
+        time.sleep(0.4)
+        assert _cpu_ticks(mem.pid) > before
+        described = hogs.describe()
+    assert described["memory_hogs"] == 1 and described["memory_hog_mib"] == 64
+    assert described["nice"] == os.getpriority(os.PRIO_PROCESS, 0)
+    assert not hogs.procs and not _alive(mem.pid)
+    # A user-given command runs what it runs: no memory hog is added beside it.
+    assert Hogs(2, "command", command="sleep 1", mem_hogs=1).describe()["memory_hogs"] == 0

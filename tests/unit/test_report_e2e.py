@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from mlos_build.report import main
+from mlos_build.report import heavy, main
 from mlos_build.report.modes import MODE_CARDS
 
 onnx = pytest.importorskip("onnx")
@@ -109,8 +109,16 @@ def _get(url: str) -> Any:
         return json.loads(resp.read())
 
 
+def _post(url: str) -> Any:
+    req = urllib.request.Request(url, data=b"{}", method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
 class Service:
     def __init__(self, repo: Path, sysfs: Path, log: Path, *extra: str) -> None:
+        self.repo = repo
         self.rest, self.grpc = _free_port(), _free_port()
         self.log = log.open("wb")
         self.proc = subprocess.Popen(
@@ -189,11 +197,18 @@ def test_full_suite_against_a_userspace_service(services: dict[str, Service],
                    "--tensor-requests", "3", "--json-requests", "1")
     assert results["runtime_mode"] == "userspace"
     assert results["versions"]["mlos"] == _get(svc.url + "/health")["version"]
-    assert {m["name"] for m in results["models"]} == {"mlp", "double"}
+    # The suite registered its heavy-compute model by upload, measured it, deleted it.
+    assert {m["name"] for m in results["models"]} == {"mlp", "double", heavy.NAME}
     assert not results["notes"], results["notes"]
+    assert results["heavy_model"]["registered"] and results["heavy_model"]["deleted"]
+    assert heavy.NAME not in {e["name"] for e in _post(svc.url + "/v2/repository/index")}
+    assert not (svc.repo / heavy.NAME).exists()
     keys = {(b["model"], b["protocol"], b["concurrency"], b["contention"])
             for b in results["benchmarks"]}
-    assert len(keys) == 2 * len(PROTOCOLS) * 2 * 2
+    assert len(keys) == 3 * len(PROTOCOLS) * 2 * 2
+    # Contention: the CPU hog, and a memory hog whose bandwidth was measured.
+    cont = results["contention"]
+    assert cont["hogs"] == 1 and cont["memory_hogs"] == 1 and cont["memory_hog_gib_s"] > 0
     for bench in results["benchmarks"]:
         assert len(bench["repetitions"]) == 2
         for rep in bench["repetitions"]:
@@ -210,7 +225,7 @@ def test_full_suite_against_a_userspace_service(services: dict[str, Service],
             assert len(point["samples_ms"]) == (1 if transport == "rest_json" else 3)
     html = (tmp_path / "report.html").read_text()
     assert _card(html) == [MODE_CARDS["userspace"]]
-    assert html.count("<svg") == 2 * 3 + 1
+    assert html.count("<svg") == 3 * 3 + 1
     assert "zero-copy is" in html or "zero-copy does not beat" in html
 
 

@@ -28,7 +28,7 @@ def test_an_llm_listed_on_v1_models_is_measured(tmp_path: Path) -> None:
                    "--out", str(tmp_path / "out"), "--protocols", ONE_PROTOCOL,
                    "--concurrency", "1", "--repetitions", "2",
                    "--requests", "10", "--warmup", "2", "--hogs", "1",
-                   "--tensor-sizes-mib", ""])
+                   "--tensor-sizes-mib", "", "--no-heavy-model"])
     finally:
         svc.stop()
     assert rc == 0
@@ -39,9 +39,18 @@ def test_an_llm_listed_on_v1_models_is_measured(tmp_path: Path) -> None:
     llm = results["llm"]
     assert llm["model"] == "tiny"
     assert [r["contention"] for r in llm["runs"]] == [False, True]
+    assert [len(r["repetitions"]) for r in llm["runs"]] == [2, 2]  # as for the ONNX models
+    # /health was read during the warm-up completion; this host has no mlos_ml module,
+    # so no llama.cpp thread can be registered, and the results say why.
+    threads = llm["threads"]
+    assert threads["health_polls"] >= 1 and "error" not in threads
+    assert threads["scheduler_in_use"] is False and threads["registered"] == {}
+    assert "not loaded" in threads["reason"]
     for run in llm["runs"]:
         for rep in run["repetitions"]:
             assert rep["errors"] == 0, rep.get("first_error")
             assert rep["completion_tokens"] > 0 and rep["tokens_per_s"] > 0
     html = (tmp_path / "out" / "report.html").read_text()
     assert '<section id="llm">' in html and "tiny" in html
+    assert "llama.cpp threads not registered (scheduler not in use" in html
+    assert "LLM tiny over /v1/completions: median p99" in html  # contention's cost
