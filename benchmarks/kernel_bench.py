@@ -22,6 +22,7 @@ import json
 import mmap
 import os
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -363,24 +364,15 @@ def _verdicts(report: dict) -> list[str]:
 
 
 def on_host(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(REPO / "tests" / "kernel"))
+    sys.path.insert(0, str(REPO / "tests" / "kernel"))  # the kernel layer's guest helper
     import mlos_guest as guest
 
-    abi = guest.guest_kernels()[-1]
     work = guest.scratch_dir("mlos-bench-")
-    build = guest.build_module(guest.headers_dir(abi), work)
-    st = guest.build_selftests(work)
-    files = {"/mlos_ml.ko": build.ko, "/extra.sh": guest.HERE / "guest_python.sh",
-             **{f"/{k}": v for k, v in st.items()},
-             **dict(guest.module_closure(abi, guest.NINEP_MODULES))}
-    cpio = guest.make_initramfs(work, files)
-    run = guest.run_guest(guest.kernel_image(abi), cpio, memory_mb=1536, timeout=900, cpus=1,
-                          append=f"mlos.modes=full mlos.gpus=-1 mlos.fuzz=0 mlos.extra=1 "
-                                 f"mlos.reserved=0 "
-                                 f"mlos.pymodes=full mlos.bench=1 mlos.nopytest=1 "
-                                 f"mlos.repo={REPO}",
-                          extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,"
-                                      "security_model=none,readonly=on"])
+    run = guest.run_host_root_guest(
+        work, guest.build_selftests(work), guest.HERE / "guest_python.sh", timeout=900,
+        cpus=1, append="mlos.modes=full mlos.gpus=-1 mlos.fuzz=0 mlos.extra=1 "
+                       "mlos.reserved=0 mlos.pymodes=full mlos.bench=1 mlos.nopytest=1")
+    shutil.rmtree(work, ignore_errors=True)
     lines = [ln for ln in run.output.splitlines() if "MLOS-BENCH-JSON " in ln]
     if not lines:
         print(run.output[-5000:], file=sys.stderr)

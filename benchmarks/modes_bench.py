@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,8 +89,9 @@ def start_services() -> dict[str, subprocess.Popen[bytes]]:
     for name, port in PORTS.items():
         env = {**base, "MLOS_REST_PORT": str(port), **extra[name]}
         log = open(f"/tmp/bench-{name}.log", "wb")  # noqa: SIM115 (lives with the server)
-        procs[name] = subprocess.Popen([str(REPO / ".venv" / "bin" / "mlos-core"), "serve"],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+        # The console script of the venv the guest runs (the checkout need not hold one).
+        procs[name] = subprocess.Popen([str(Path(sys.executable).with_name("mlos-core")),
+                                        "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     return procs
 
 
@@ -291,23 +293,16 @@ def write_docs(res: dict[str, Any], seconds: float, abi: str) -> None:
 
 
 def on_host() -> int:
-    sys.path.insert(0, str(REPO / "tests" / "kernel"))
+    sys.path.insert(0, str(REPO / "tests" / "kernel"))  # the kernel layer's guest helper
     import mlos_guest as guest
 
-    abi = guest.guest_kernels()[-1]
     work = guest.scratch_dir("mlos-modes-bench-")
-    build = guest.build_module(guest.headers_dir(abi), work)
-    st = guest.build_selftests(work)
-    files = {"/mlos_ml.ko": build.ko, "/extra.sh": guest.HERE / "guest_modes.sh",
-             **{f"/{k}": v for k, v in st.items()},
-             **dict(guest.module_closure(abi, guest.NINEP_MODULES))}
-    cpio = guest.make_initramfs(work, files)
-    run = guest.run_guest(
-        guest.kernel_image(abi), cpio, memory_mb=3072, timeout=1500,
-        append=f"mlos.modes=full mlos.gpus=-1 mlos.fuzz=0 mlos.extra=1 mlos.reserved=1 "
-               f"mlos.modes_script=benchmarks/modes_bench.py mlos.repo={REPO}",
-        extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
-                    "readonly=on"])
+    run = guest.run_host_root_guest(
+        work, guest.build_selftests(work), guest.HERE / "guest_modes.sh", timeout=1500,
+        memory_mb=3072, append="mlos.modes=full mlos.gpus=-1 mlos.fuzz=0 mlos.extra=1 "
+                               "mlos.reserved=1 mlos.modes_script=benchmarks/modes_bench.py")
+    shutil.rmtree(work, ignore_errors=True)
+    abi = guest.guest_kernels()[-1]  # the kernel run_host_root_guest booted
     found = [ln[ln.find("MLOS-MODES-JSON "):] for ln in run.output.splitlines()
              if "MLOS-MODES-JSON " in ln]
     if not found:

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from guest_service import emit, module_stats, stop_server
+from guest_service import SERVE, emit, module_stats, stop_server
 
-REPO = Path(__file__).resolve().parents[2]
 MODELS = Path("/tmp/mlos-models")
 PORT = 18080
 URL = f"127.0.0.1:{PORT}"
@@ -115,8 +114,7 @@ def main() -> int:
            "MLOS_INFERENCE_THREADS": "2", "MLOS_LOG_LEVEL": "info"}
     start = time.monotonic()
     log = open(f"/tmp/serve-{mode}.log", "w")  # noqa: SIM115 (lives as long as the server)
-    server = subprocess.Popen([str(REPO / ".venv" / "bin" / "mlos-core"), "serve"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(SERVE, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         health: dict[str, Any] = {}
         while time.monotonic() - start < 240 and server.poll() is None:

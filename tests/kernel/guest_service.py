@@ -1,16 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """What the in-guest service checks (guest_modes_check.py, guest_threads_check.py) share:
-the module's own figures, stopping the `mlos-core serve` they started, and the one
-MLOS-MODES-JSON line per mode that the host test reads (mlos_guest.modes_report)."""
+the module's own figures, the `mlos-core serve` command and stopping what it started, and
+the one MLOS-MODES-JSON line per mode that the host test reads (mlos_guest.modes_report)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import IO, Any
 
 MODULE_STATS = Path("/sys/class/misc/mlos-ml/stats")
+# The console script of the venv this guest runs (mlos.python): the checkout need not hold it.
+SERVE = [str(Path(sys.executable).with_name("mlos-core")), "serve"]
 
 
 def module_stats() -> dict[str, int]:

@@ -10,14 +10,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /tmp && mount -t tmpfs tmpfs /tmp
-r() { echo "MLOS-RESULT $*"; }
-arg() { sed -n "s/.*mlos\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
-for m in /modules/*.ko; do insmod "$m" || r insmod_fail "$m"; done
-H=/mnt/host
-mkdir -p $H /ext
-if mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro hostroot $H; then
-    r ninep mount ok
-fi
+. /hostroot.sh  # the share only: this guest merges its own /usr instead of chrooting there
+mkdir -p /ext
+if hostroot_9p; then r ninep mount ok; fi
 if mount -t squashfs -o loop,ro "$H$(arg sysext)" /ext; then r sysext squashfs ok; fi
 if mount -t overlay overlay -o "ro,lowerdir=/ext/usr:$H/usr" $H/usr; then r sysext merged ok; fi
 mount -t proc proc $H/proc

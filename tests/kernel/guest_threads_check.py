@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from guest_service import emit, module_stats, stop_server
+from guest_service import SERVE, emit, module_stats, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("MLOS_THREADS_MODELS", "/tmp/mlos-thread-models"))
@@ -32,8 +32,7 @@ PORT, GRPC_PORT = 18080, 18081
 URL = f"127.0.0.1:{PORT}"
 RESERVED = "1"
 
-# /proc must be procfs here: the host root is shared with multidevs=remap, or 9p gives the
-# host's /proc and /sys one inode and the guest's sysfs mount hides its procfs.
+# /proc must be procfs here (mlos_guest.HOST_ROOT_VIRTFS's multidevs=remap sees to it).
 LLAMA = "mlos.llama=1" in Path("/proc/cmdline").read_text().split()
 
 
@@ -164,8 +163,7 @@ def main() -> int:
     start = time.monotonic()
     log_path = Path(f"/tmp/serve-threads-{mode}.log")
     log = log_path.open("w")
-    server = subprocess.Popen([str(REPO / ".venv" / "bin" / "mlos-core"), "serve"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(SERVE, env=env, stdout=log, stderr=subprocess.STDOUT)
     pid = server.pid
     try:
         while time.monotonic() - start < 300 and server.poll() is None:

@@ -1,9 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
 """Build the mlos-ml module and a busybox initramfs, boot real Debian kernels in QEMU.
 
-Shared by the `kernel` pytest layer and the kernel benchmarks. Guest kernels come from
-.cache/kernels/<abi>/ (extracted by scripts/setup.d/30-kernel.sh); headers from
-/usr/src/linux-headers-<abi>. Nothing here loads anything into the host's kernel.
+The one guest helper of the `kernel` pytest layer and of the kernel benchmarks
+(benchmarks/kernel_bench.py, modes_bench.py). It lives with the test layer that owns
+these guests; the benchmarks boot the same guests and put tests/kernel on their path, as
+pytest does for the tests. Not in an installed package: the venv's editable install
+points at one checkout, so a second checkout would boot guests with the first's helper.
+
+Guests that run this checkout's Python (boot_host_root) see the host's root read-only
+over 9p and chroot into it; the checkout and the venv stay at their host paths there,
+wherever they lie (guest_hostroot.sh). Guest kernels come from .cache/kernels/<abi>/
+(extracted by scripts/setup.d/30-kernel.sh); headers from /usr/src/linux-headers-<abi>.
+Nothing here loads anything into the host's kernel.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -25,6 +34,7 @@ KERNEL_SRC = REPO / "kernel"
 KCACHE = REPO / ".cache" / "kernels"
 HERE = Path(__file__).resolve().parent
 INIT_SCRIPT = HERE / "guest_init.sh"
+HOST_ROOT_SCRIPT = HERE / "guest_hostroot.sh"
 MODULE_SOURCES = ("Kbuild", "Makefile", "dkms.conf", "compat.h", "mlos_ml.h", "main.c", "pool.c",
                   "sched.c", "gpu.c", "include")
 UBUNTU_HEADERS = REPO / ".cache" / "ubuntu-headers"
@@ -198,7 +208,9 @@ def module_closure(abi: str, names: Iterable[str]) -> list[tuple[str, Path]]:
 
 
 NINEP_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
-# This host's root, read-only over 9p with the tag the guest scripts mount.
+# This host's root, read-only over 9p with the tag guest_hostroot.sh mounts. multidevs=remap:
+# without it 9p gives the host's /proc and /sys (two filesystems' root inodes) one qid, and
+# the guest's sysfs mount covers its procfs as well.
 HOST_ROOT_VIRTFS = ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
                     "readonly=on,multidevs=remap"]
 
@@ -236,25 +248,56 @@ def run_guest(kernel: Path, initrd: Path, append: str = "", devices: Iterable[st
     return GuestRun(output=out, seconds=time.monotonic() - start, returncode=rc)
 
 
+def guest_visible_paths() -> list[Path]:
+    """The host directories a chrooted guest needs at their own paths: the checkout, the
+    venv and the interpreter it links to (scripts, pyvenv.cfg and the editable install name
+    them by absolute path). Nested ones are dropped: the outer bind carries them."""
+    wanted = sorted({REPO, *(Path(p) for p in (sys.prefix, sys.base_prefix)),
+                     *(Path(p).resolve() for p in (sys.prefix, sys.base_prefix))})
+    return [p for p in wanted if not any(o != p and p.is_relative_to(o) for o in wanted)]
+
+
+def host_root_append() -> str:
+    """Kernel command line words for guest_hostroot.sh: where the checkout is, which python
+    runs there and with which PYTHONPATH (the checkout first, then the host's own)."""
+    paths = [str(REPO), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    keep = ",".join(str(p) for p in guest_visible_paths())
+    # The guest scripts read each value up to the next space; mlos.keep splits at commas.
+    if any(c.isspace() or c == "," for c in pythonpath + sys.executable + keep.replace(",", "")):
+        raise RuntimeError(f"guests cannot reach {REPO}: its path, the venv's or PYTHONPATH "
+                           "has a space or a comma (use paths without)")
+    return (f"mlos.repo={REPO} mlos.python={sys.executable} mlos.pythonpath={pythonpath} "
+            f"mlos.keep={keep}")
+
+
+def boot_host_root(abi: str, work: Path, files: Mapping[str, Path], init: Path = INIT_SCRIPT,
+                   append: str = "", modules: Iterable[str] = NINEP_MODULES,
+                   **run: Any) -> GuestRun:
+    """Boot kernel abi with this host's root shared read-only over 9p: files (guest path ->
+    host path), /hostroot.sh and the distribution's modules (9p first) in the initramfs;
+    run's keywords (timeout, memory_mb, ...) go to run_guest."""
+    files = {**files, "/hostroot.sh": HOST_ROOT_SCRIPT, **dict(module_closure(abi, modules))}
+    return run_guest(kernel_image(abi), make_initramfs(work, files, init),
+                     append=f"{append} {host_root_append()}", extra_args=HOST_ROOT_VIRTFS,
+                     **run)
+
+
 def run_host_root_guest(work: Path, selftest_binaries: Mapping[str, Path], extra_script: Path,
-                        append: str, timeout: float, devices: Iterable[str] = ()) -> GuestRun:
+                        append: str, timeout: float, devices: Iterable[str] = (),
+                        memory_mb: int = 1536, cpus: int = 2) -> GuestRun:
     """Boot the newest guest kernel with the module built for it, the selftests and
-    extra_script (/extra.sh), and this host's root shared read-only over 9p (the guest
-    chroots into it to run the repository's venv). multidevs=remap: without it 9p gives the
-    host's /proc and /sys (two filesystems' root inodes) one qid, and the guest's sysfs
-    mount covers its procfs as well."""
+    extra_script (/extra.sh, which guest_init.sh runs once per mode) and this host's root
+    over 9p (boot_host_root), for extra scripts that run the checkout's Python there."""
     kernels = guest_kernels()
     if not kernels:
         raise RuntimeError("no guest kernels: run ./scripts/setup.sh")
     abi = kernels[-1]
     build = build_module(headers_dir(abi), work)
     files = {"/mlos_ml.ko": build.ko, "/extra.sh": extra_script,
-             **{f"/{k}": v for k, v in selftest_binaries.items()},
-             **dict(module_closure(abi, NINEP_MODULES))}
-    return run_guest(
-        kernel_image(abi), make_initramfs(work, files), memory_mb=1536, timeout=timeout,
-        devices=devices, append=f"{append} mlos.repo={REPO}",
-        extra_args=HOST_ROOT_VIRTFS)
+             **{f"/{k}": v for k, v in selftest_binaries.items()}}
+    return boot_host_root(abi, work, files, append=append, timeout=timeout, devices=devices,
+                          memory_mb=memory_mb, cpus=cpus)
 
 
 def modes_report(run: GuestRun, mode: str) -> dict[str, Any]:

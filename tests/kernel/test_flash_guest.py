@@ -1,13 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """The flash refusal rule that needs device-mapper (`held`), in a QEMU guest: the CI
 host's kernel has no device-mapper, Debian's has it as a module. The guest runs
-tests/unit/test_flash.py's device-mapper test from this repository's venv (host root over
-9p) against its own loop and dm devices; here it must pass, not skip."""
+tests/unit/test_flash.py's device-mapper test from this checkout with the host's venv
+(host root over 9p, mlos_guest.boot_host_root) against its own loop and dm devices; here
+it must pass, not skip."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import mlos_guest as guest
@@ -25,13 +24,9 @@ def test_held_by_device_mapper_is_refused_in_a_guest(tmp_path: Path) -> None:
     abi = kernels[0]
     # ext4 for a file system on the stacked device; crc32c is its soft dependency.
     modules = (*guest.NINEP_MODULES, "loop", "dm_mod", "crc32c_generic", "ext4")
-    files = dict(guest.module_closure(abi, modules))
-    initrd = guest.make_initramfs(tmp_path, files, init=HERE / "guest_flash.sh")
-    append = (f"mlos.repo={guest.REPO} mlos.python={sys.executable} "
-              f"mlos.pythonpath={os.environ.get('PYTHONPATH', '')} "
-              "mlos.tests=held_by_device_mapper")
-    run = guest.run_guest(guest.kernel_image(abi), initrd, append=append, memory_mb=1536,
-                          timeout=900, extra_args=guest.HOST_ROOT_VIRTFS)
+    run = guest.boot_host_root(abi, tmp_path, {}, init=HERE / "guest_flash.sh",
+                               modules=modules, append="mlos.tests=held_by_device_mapper",
+                               memory_mb=1536, timeout=900)
     log = "\n".join(line for line in run.output.splitlines() if "MLOS-" in line)
     log = log[:1000] + "\n...\n" + log[-3000:] if len(log) > 4000 else log
     assert run.result("dm_control") == ["/mnt/host/dev/mapper/control"], log

@@ -32,7 +32,8 @@ def sysext_guest() -> Iterator[guest.GuestRun]:
     if not kernels:
         pytest.fail("no guest kernels: run ./scripts/setup.sh")
     abi = kernels[-1]
-    # Under /tmp, not pytest's root-only directories: the guest reads it over 9p.
+    # Under /tmp, not pytest's root-only directories: the guest reads it over 9p (no tmpfs
+    # covers the host's /tmp in this guest).
     work = guest.scratch_dir("mlos-sysext-")
     tree = stand_in_tree(work, guest.headers_dir(abi), flatcar_os_release(TREE_VERSION))
     built = subprocess.run(
@@ -42,14 +43,10 @@ def sysext_guest() -> Iterator[guest.GuestRun]:
         capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr
     image = Path(built.stdout.strip())
-    files = dict(guest.module_closure(abi, (*guest.NINEP_MODULES, "loop", "squashfs",
-                                            "overlay")))
-    run = guest.run_guest(
-        guest.kernel_image(abi), guest.make_initramfs(work, files, guest.HERE /
-                                                      "guest_sysext.sh"),
-        memory_mb=1024, timeout=400, append=f"mlos.sysext={image}",
-        extra_args=["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
-                    "readonly=on,multidevs=remap"])
+    run = guest.boot_host_root(
+        abi, work, {}, init=guest.HERE / "guest_sysext.sh",
+        modules=(*guest.NINEP_MODULES, "loop", "squashfs", "overlay"),
+        append=f"mlos.sysext={image}", memory_mb=1024, timeout=400)
     yield run
     if not os.environ.get("MLOS_KEEP_GUEST_WORK"):
         shutil.rmtree(work, ignore_errors=True)
