@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -30,7 +28,7 @@ def test_the_model_is_deterministic_and_its_flops_come_from_its_graph() -> None:
     assert heavy.flops() / request_bytes > 1000
 
 
-def test_one_request_takes_milliseconds_on_one_core() -> None:
+def test_one_request_runs_on_one_core() -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(heavy.model_bytes(), options,
@@ -38,11 +36,4 @@ def test_one_request_takes_milliseconds_on_one_core() -> None:
     x = np.random.default_rng(1).standard_normal(heavy.INPUT_SHAPE).astype(np.float32)
     (y,) = session.run(None, {"input": x})
     assert y.shape == (1, heavy.CHANNELS) and np.isfinite(y).all() and y.std() > 0
-    times = []
-    for _ in range(10):
-        t0 = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append(time.perf_counter() - t0)
-    # Far above the demo model's microseconds; the docs record ~4 ms here (a shared VM
-    # is noisy, so only a floor is checked).
-    assert np.median(times) > 0.5e-3
+    # How long it takes is measured in the guest (builder/report/heavy.py), not here.
