@@ -116,6 +116,8 @@ def partitions(table: bytes) -> list[Partition]:
         if type_guid.int == 0:
             continue
         first, last = struct.unpack_from("<QQ", entry, 32)
+        if last < first:
+            raise ValueError(f"partition entry {index} ends before it starts")
         name = entry[56:128].decode("utf-16-le", errors="replace").split("\0")[0]
         found.append(Partition(name, first * SECTOR, (last - first + 1) * SECTOR))
     return found
@@ -153,7 +155,11 @@ def carve(path: Path, work: Path, version: str) -> tuple[Path, Layout]:
         if table[SECTOR:SECTOR + 8] != GPT_SIGNATURE:
             raise BuildError(f"--kernel-build-tree {path} has no GPT partition table",
                              hint=image_hint(version))
-        named = {p.name: p for p in partitions(table)}
+        try:
+            named = {p.name: p for p in partitions(table)}
+        except (struct.error, ValueError) as exc:
+            raise BuildError(f"--kernel-build-tree {path} has a damaged GPT partition table "
+                             f"({exc})", hint=image_hint(version)) from exc
         layout = next((lay for lay in LAYOUTS if lay.partition in named), None)
         if layout is None:
             raise BuildError(

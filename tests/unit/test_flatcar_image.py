@@ -106,3 +106,21 @@ def test_a_disk_that_is_no_flatcar_image(tmp_path: Path) -> None:
     lines = build_error(tmp_path, packed)
     assert "neither a USR-A nor a ROOT partition (it has data)" in lines[0]
     assert "flatcar_production_image.bin.bz2" in lines[1]
+
+
+def test_a_damaged_partition_table(tmp_path: Path) -> None:
+    disk = tmp_path / "damaged.img"
+    subprocess.run(["truncate", "-s", "8M", str(disk)], check=True)
+    subprocess.run(["sfdisk", "-q", str(disk)], check=True, capture_output=True, text=True,
+                   input=f'label: gpt\nstart=2048, size=8192, type={LINUX_FS_TYPE}, '
+                   'name="USR-A"\n')
+    data = bytearray(disk.read_bytes())
+    # The first entry (LBA 2) ends before it starts: last LBA 1, first 2048.
+    data[1024 + 40:1024 + 48] = (1).to_bytes(8, "little")
+    disk.write_bytes(bytes(data))
+    lines = build_error(tmp_path, disk)
+    assert "has a damaged GPT partition table (partition entry 0 ends before it starts)" \
+        in lines[0]
+    truncated = tmp_path / "short.img"
+    truncated.write_bytes(bytes(data[:520]))
+    assert "damaged GPT partition table" in build_error(tmp_path, truncated)[0]
