@@ -55,15 +55,9 @@ def check_mirror(url: str, suite: str) -> None:
 def pinned_llm_requirement(wheel: Path) -> str:
     """The llama-cpp-python requirement of the MLOS wheel's `llm` extra, which must pin one
     version: images compile that version once per release and reuse the wheel."""
-    with zipfile.ZipFile(wheel) as archive:
-        metadata = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")),
-                        None)
-        text = archive.read(metadata).decode() if metadata else ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        requirement, _, marker = value.partition(";")
-        if (key == "Requires-Dist" and "llm" in marker
-                and requirement.strip().startswith("llama-cpp-python==")):
+    for line in wheel_requirements(wheel):
+        requirement, _, marker = line.partition(":")[2].partition(";")
+        if "llm" in marker and requirement.strip().startswith("llama-cpp-python=="):
             return requirement.strip().replace(" ", "")
     raise BuildError(f"{wheel.name} does not pin llama-cpp-python in its llm extra",
                      hint='pyproject.toml needs llm = ["llama-cpp-python==X.Y.Z"], or build '
