@@ -82,6 +82,16 @@ LINUX_FS_TYPE = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 MIB = 1 << 20
 
 
+def write_gpt(disk: Path, size: int, partitions: list[tuple[str, str, int, int]]) -> None:
+    """A GPT disk in a plain file of `size` bytes (sfdisk writes it without root):
+    partitions as (name, type GUID, start, size), in bytes."""
+    subprocess.run(["truncate", "-s", str(size), str(disk)], check=True)
+    script = ["label: gpt", *(f'start={start // 512}, size={length // 512}, type={guid}, '
+                               f'name="{name}"' for name, guid, start, length in partitions)]
+    subprocess.run(["sfdisk", "-q", str(disk)], input="\n".join(script) + "\n", text=True,
+                   check=True, capture_output=True)
+
+
 def stand_in_image(dest: Path, headers: Path | None, os_release: str,
                    kind: str = "production", form: str = "bz2") -> Path:
     """A disk image shaped like a Flatcar release file (build_library/disk_layout.json):
@@ -116,18 +126,15 @@ def stand_in_image(dest: Path, headers: Path | None, os_release: str,
         layout = [("ROOT", LINUX_FS_TYPE, 0)]
         fs_partition = "ROOT"
     fs_size = -(-fs.stat().st_size // MIB) * MIB
-    script, start, fs_start = ["label: gpt"], MIB, 0
+    partitions, start, fs_start = [], MIB, 0
     for name, type_guid, size in layout:
         size = size or fs_size
         if name == fs_partition:
             fs_start = start
-        script.append(f"start={start // 512}, size={size // 512}, type={type_guid}, "
-                      f'name="{name}"')
+        partitions.append((name, type_guid, start, size))
         start += size
     disk = work / "disk.raw"
-    subprocess.run(["truncate", "-s", str(start + MIB), str(disk)], check=True)
-    subprocess.run(["sfdisk", "-q", str(disk)], input="\n".join(script) + "\n", text=True,
-                   check=True, capture_output=True)
+    write_gpt(disk, start + MIB, partitions)
     with disk.open("r+b") as out, fs.open("rb") as data:
         out.seek(fs_start)
         shutil.copyfileobj(data, out)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import bz2
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 from flatcar_support import (
     LINUX_FS_TYPE,
+    MIB,
     TREE_VERSION,
     flatcar_os_release,
     headers_dir,
     stand_in_image,
+    write_gpt,
 )
 from test_build_cli import error_lines, mlos_build
 
@@ -97,10 +98,7 @@ def test_a_truncated_download(tmp_path: Path) -> None:
 
 def test_a_disk_that_is_no_flatcar_image(tmp_path: Path) -> None:
     disk = tmp_path / "other.img"
-    subprocess.run(["truncate", "-s", "8M", str(disk)], check=True)
-    subprocess.run(["sfdisk", "-q", str(disk)], check=True, capture_output=True, text=True,
-                   input=f'label: gpt\nstart=2048, size=8192, type={LINUX_FS_TYPE}, '
-                   'name="data"\n')
+    write_gpt(disk, 8 * MIB, [("data", LINUX_FS_TYPE, MIB, 4 * MIB)])
     packed = tmp_path / "other.img.bz2"
     packed.write_bytes(bz2.compress(disk.read_bytes()))
     lines = build_error(tmp_path, packed)
@@ -110,10 +108,7 @@ def test_a_disk_that_is_no_flatcar_image(tmp_path: Path) -> None:
 
 def test_a_damaged_partition_table(tmp_path: Path) -> None:
     disk = tmp_path / "damaged.img"
-    subprocess.run(["truncate", "-s", "8M", str(disk)], check=True)
-    subprocess.run(["sfdisk", "-q", str(disk)], check=True, capture_output=True, text=True,
-                   input=f'label: gpt\nstart=2048, size=8192, type={LINUX_FS_TYPE}, '
-                   'name="USR-A"\n')
+    write_gpt(disk, 8 * MIB, [("USR-A", LINUX_FS_TYPE, MIB, 4 * MIB)])
     data = bytearray(disk.read_bytes())
     # The first entry (LBA 2) ends before it starts: last LBA 1, first 2048.
     data[1024 + 40:1024 + 48] = (1).to_bytes(8, "little")
