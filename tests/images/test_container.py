@@ -68,12 +68,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+# The archive, the test guest and the loaded image are built once for this module and
+# removed when it ends (module scope): several GiB that the image builds after it need.
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     given = os.environ.get("MLOS_TEST_CONTAINER_ARCHIVE")
     if given:
         # Development: an archive `mlos-build container` built from this checkout.
-        return Path(given).resolve()
+        yield Path(given).resolve()
+        return
     out = tmp_path_factory.mktemp("container")
     built = subprocess.run(
         [sys.executable, "-m", "mlos_build.cli", "container", "--output-dir", str(out),
@@ -83,7 +86,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert built.returncode == 0, "mlos-build container failed (see the captured stderr)"
     path = Path(built.stdout.strip().splitlines()[-1])
     assert path.name.endswith(".oci.tar") and path.is_file()
-    return path
+    yield path
+    path.unlink()
 
 
 def oci_config(archive: Path) -> dict[str, Any]:
@@ -109,7 +113,7 @@ def test_archive_config(archive: Path) -> None:
     assert "python3" in packages and not {"systemd", "gcc", "apt"} & packages
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def host_image(archive: Path) -> Iterator[str]:
     loaded = run(["podman", "load", "-i", archive], what="podman load")
     version = archive.name.removeprefix("mlos-core-").removesuffix(".oci.tar")
@@ -197,9 +201,9 @@ def guest_kernel() -> str:
     return abi
 
 
-@pytest.fixture(scope="session")
-def guest_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built once per session; each boot runs on a snapshot of it."""
+@pytest.fixture(scope="module")
+def guest_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Built once for this module; each boot runs on a snapshot of it."""
     work = tmp_path_factory.mktemp("guest")
     project = work / "project"
     shutil.copytree(GUEST_PROJECT, project, symlinks=True)
@@ -222,7 +226,9 @@ def guest_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
              "--force", "build"], what="mkosi build of the container test guest",
             env={"PATH": SYSTEM_PATH}, progress=stderr_progress,
             show=lambda line: line.startswith("‣"), log_file=work / "build.log")
-    return work / "out" / "mlos-container-guest.raw"
+    image = work / "out" / "mlos-container-guest.raw"
+    yield image
+    image.unlink()
 
 
 def boot_guest(image: Path, share: Path, env: dict[str, str],

@@ -62,16 +62,27 @@ def admin_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return key
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def built_image(tmp_path_factory: pytest.TempPathFactory,
-                admin_key: Path) -> Callable[[str, str, str, str], Path]:
-    """Builds each distribution x release x variant x profile once per session."""
+                admin_key: Path) -> Iterator[Callable[[str, str, str, str], Path]]:
+    """Builds each distribution x release x variant x profile once for this module.
+
+    Only the latest image stays on disk (a raw image and its qcow2 are 2-3 GiB, and CI
+    machines have been seen with under 10 GiB free): asking for another drops the one
+    before, so the tests ask for each image in one run of consecutive tests."""
     output_dir = tmp_path_factory.mktemp("images")
     images: dict[tuple[str, str, str, str], Path] = {}
+
+    def drop_images() -> None:
+        for image in images.values():
+            for disk in (image, image.with_suffix(".qcow2")):
+                disk.unlink(missing_ok=True)
+        images.clear()
 
     def build(distribution: str, release: str, variant: str, profile: str) -> Path:
         key = (distribution, release, variant, profile)
         if key not in images:
+            drop_images()
             access = ["--ssh-key", f"{admin_key}.pub"] if profile == "metal" else []
             built = mlos_build(distribution, "--variant", variant, "--release", release,
                                "--profile", profile, *access, "--output-dir", str(output_dir),
@@ -81,7 +92,8 @@ def built_image(tmp_path_factory: pytest.TempPathFactory,
             check_build_outputs(images[key], *key)
         return images[key]
 
-    return build
+    yield build
+    drop_images()
 
 
 def check_build_outputs(image: Path, distribution: str, release: str, variant: str,
