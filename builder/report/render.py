@@ -12,7 +12,7 @@ import json
 from html import escape
 from typing import Any
 
-from mlos_build.report import findings, verdict
+from mlos_build.report import findings, heavy, sched_probe, verdict
 from mlos_build.report.charts import PALETTE, Range, legend, line_chart, range_chart
 from mlos_build.report.modes import mode_card
 from mlos_build.report.stats import fmt, spread
@@ -321,6 +321,58 @@ def llm_section(runs: list[dict[str, Any]], names: list[str]) -> str:
             + "".join(rows) + "</table></section>")
 
 
+SCHED_ROWS = 6  # thread groups shown per phase, most run time first
+
+
+def _policy(group: dict[str, Any]) -> str:
+    prio = f" {group['rt_priority']}" if group["policy"] in ("fifo", "rr") else ""
+    return f"{group['policy']}{prio}"
+
+
+def sched_section(runs: list[dict[str, Any]], names: list[str]) -> str:
+    """Where the service's threads ran during the heavy model's repetitions (sched_probe),
+    a folded table per run: the measurement behind the scheduler's verdict."""
+    parts = []
+    for run, name in zip(runs, names, strict=True):
+        rows = []
+        for bench in run.get("benchmarks", []):
+            merged = (sched_probe.merge(bench["repetitions"])
+                      if bench["model"] == heavy.NAME else None)
+            if merged is None:
+                continue
+            phase = (f'c{bench["concurrency"]} {bench["protocol"]} '
+                     f'{"contended" if bench["contention"] else "quiet"}')
+            cpu_wait = ", ".join(f'cpu{c["cpu"]} {fmt(c["wait_ms"])}' for c in merged["cpus"])
+            for i, g in enumerate(merged["threads"][:SCHED_ROWS]):
+                seen = " ".join(f"{c}:{n}" for c, n in sorted(g["seen_on"].items()))
+                rows.append(
+                    f'<tr><td class="l">{escape(phase) if i == 0 else ""}</td>'
+                    f'<td class="l">{escape(g["name"])} ×{g["threads"]}</td>'
+                    f'<td class="l">{escape(_policy(g))}</td><td class="l">'
+                    f'{escape(g["allowed"])}</td><td class="l">{escape(seen)}</td>'
+                    f'<td>{fmt(g["run_ms"])}</td><td>{fmt(g["wait_ms"])}</td>'
+                    f'<td>{fmt(g["wait_per_slice_ms"] or 0)}</td><td>{g["nonvoluntary"]}</td>'
+                    f'<td class="l">{escape(cpu_wait) if i == 0 else ""}</td></tr>')
+        if rows:
+            probe = run.get("sched_probe") or {}
+            parts.append(
+                f"<details><summary>{escape(name)}: RT limit "
+                f'{probe.get("sched_rt_runtime_us")} of {probe.get("sched_rt_period_us")} µs'
+                "</summary><table><tr><th class=\"l\">phase</th><th class=\"l\">thread</th>"
+                '<th class="l">policy</th><th class="l">may run on</th>'
+                '<th class="l">seen on (samples)</th><th>run ms</th><th>run-queue wait ms</th>'
+                '<th>wait per slice ms</th><th>preempted</th>'
+                '<th class="l">run-queue wait per CPU, ms</th></tr>'
+                + "".join(rows) + "</table></details>")
+    if not parts:
+        return ""
+    return ('<section id="sched"><h2>Where the service\'s threads ran (heavy model)</h2>'
+            "<p>Read from /proc in the guest while each repetition ran, summed over the "
+            "repetitions of a phase: run time, time runnable but waiting for a CPU "
+            "(schedstat), involuntary switches, and the CPU each thread was last seen on "
+            f"every {sched_probe.SAMPLE_S * 1000:.0f} ms.</p>" + "".join(parts) + "</section>")
+
+
 def _memory_hog_text(cont: dict[str, Any]) -> str:
     if not cont.get("memory_hogs"):
         return ""
@@ -412,8 +464,8 @@ def render_html(runs: list[dict[str, Any]], title: str | None = None) -> str:
             f"{escape(', '.join(names))}.</p>",
             *([verdict_section(runs)] if len(runs) > 1 else []),
             release_versions(runs, names), _findings_section(runs, names),
-            latency_section(runs, names), tensor_section(runs, names), llm_section(runs, names),
-            method_section(runs, names)]
+            latency_section(runs, names), sched_section(runs, names), tensor_section(runs, names),
+            llm_section(runs, names), method_section(runs, names)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")

@@ -10,11 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlos_build.report import heavy, llm, load, tensors
+from mlos_build.report import heavy, llm, load, sched_probe, tensors
 from mlos_build.report.contention import Hogs, measure_memory_bandwidth
 from mlos_build.report.modes import mode_card, versions_from_health
 from mlos_build.report.service import ServiceError, Target, llm_models, onnx_models
@@ -92,6 +93,7 @@ def run_suite(target: Target, settings: SuiteSettings, label: str | None = None,
         "tensor_series": None,
         "llm": None,
         "notes": [],
+        "sched_probe": _sched_probe_info(target),
     }
     served = onnx_models(target)
     if settings.heavy_model and (not settings.models or heavy.NAME in settings.models):
@@ -121,6 +123,17 @@ def run_suite(target: Target, settings: SuiteSettings, label: str | None = None,
     results["finished_at"] = _now()
     results["health_after"] = _health_or_error(target)
     return results
+
+
+def _sched_probe_info(target: Target) -> dict[str, Any]:
+    """Whether the heavy model's repetitions are probed (sched_probe): only where the
+    service runs on this machine, as in the validation guest."""
+    url = urllib.parse.urlsplit(target.rest_url)
+    pid = (sched_probe.listening_pid(url.port or 80)
+           if url.hostname in ("127.0.0.1", "::1", "localhost") else None)
+    if pid is None:
+        return {"pid": None, "unavailable": f"no process on this machine listens on {url.netloc}"}
+    return {"pid": pid, **sched_probe.rt_throttling()}
 
 
 def _health_or_error(target: Target) -> dict[str, Any]:
@@ -169,6 +182,16 @@ def _bench_model(target: Target, settings: SuiteSettings, model: dict[str, Any],
         return
     outputs = [str(o["name"]) for o in model["outputs"]]
     hogs = _hogs_factory(settings)
+    # Where the service's threads ran is recorded for the heavy model, where compute
+    # dominates and the scheduler should show (the probe reads /proc 10 times a second).
+    probe_pid = results["sched_probe"]["pid"] if name == heavy.NAME else None
+
+    def repetition(conc: int) -> dict[str, Any]:
+        into: dict[str, Any] = {}
+        with sched_probe.probed(probe_pid, into):
+            rep = load.run_repetition(work, conc, settings.requests)
+        return {**rep, **into}
+
     for protocol in settings.protocols:
         work = load.Workload(target, protocol, name, version, inputs, outputs)
         try:
@@ -186,10 +209,10 @@ def _bench_model(target: Target, settings: SuiteSettings, model: dict[str, Any],
             # Alternate quiet and contended repetitions so drift on a shared machine
             # affects both alike.
             for _ in range(settings.repetitions):
-                plain.append(load.run_repetition(work, conc, settings.requests))
+                plain.append(repetition(conc))
                 if hogs is not None:
                     with hogs():
-                        loaded.append(load.run_repetition(work, conc, settings.requests))
+                        loaded.append(repetition(conc))
             for contended, reps in ((False, plain), (True, loaded)):
                 if reps:
                     results["benchmarks"].append({

@@ -215,6 +215,13 @@ def test_full_suite_against_a_userspace_service(services: dict[str, Service],
             assert rep["errors"] == 0, rep.get("first_error")
             assert rep["ok"] == 20 and 0 < rep["p50_ms"] <= rep["p99_ms"]
             assert rep["throughput_rps"] > 0
+            # The heavy model's repetitions say where the service's threads ran (the
+            # service is found by its port among the four running here).
+            assert ("sched" in rep) is (bench["model"] == heavy.NAME)
+    assert results["sched_probe"]["pid"] == svc.proc.pid
+    probed = [r["sched"] for b in results["benchmarks"] for r in b["repetitions"] if "sched" in r]
+    assert all(t["run_ms"] > 0 for s in probed for t in s["threads"])
+    assert sum(t["run_ms"] for s in probed for t in s["threads"]) > 0
     series = results["tensor_series"]
     assert series["model"] == "double"
     by = {(p["transport"], p["mib"]): p for p in series["points"]}
@@ -227,6 +234,7 @@ def test_full_suite_against_a_userspace_service(services: dict[str, Service],
     assert _card(html) == [MODE_CARDS["userspace"]]
     assert html.count("<svg") == 3 * 3 + 1
     assert "zero-copy is" in html or "zero-copy does not beat" in html
+    assert "Where the service's threads ran (heavy model)" in html
 
 
 @pytest.mark.parametrize("mode", list(MODE_PARAMS))
