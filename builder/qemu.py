@@ -11,13 +11,15 @@ The image may also be a block device (a disk an image was flashed to).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ RESULT_PORT = "org.mlos.result"
 VALIDATE_PORT = "org.mlos.validate"
 # The validation unit reads its suite options from the kernel command line under this key.
 VALIDATE_CMDLINE_KEY = "mlos.validate"
+# The validation unit prints each progress line of the suite to the console after this.
+VALIDATE_PROGRESS_PREFIX = "mlos validate progress: "
 # Under TCG on a busy host the kernel's IO-APIC timer check can fail and panic ("IO-APIC +
 # timer doesn't work", seen with Ubuntu's 6.8 kernel while other guests ran): the check is
 # for broken hardware, which QEMU's emulated chipset is not. Devices: emulated, a metal
@@ -224,11 +228,13 @@ def _run_during(argv: list[str], result_file: Path, console: Path,
 def boot_for_verdict(machine: Machine, image: Path, progress: Progress, prefix: str,
                       what: str, timeout_s: float, missing_hint: str,
                       during: Callable[[RunningGuest], None] | None = None,
+                      follow_prefix: str | None = None,
                       **argv_options: Any) -> tuple[Any, float, Path]:
     """Boots the image (a snapshot unless machine.snapshot is False) until the guest powers
     off, and returns the last JSON line the guest wrote to its result port, the boot's wall
     time and the console log. With `during`, QEMU runs in the background while
-    during(guest) tests the running guest, which it must power off at the end."""
+    during(guest) tests the running guest, which it must power off at the end. With
+    `follow_prefix`, console lines carrying it are shown as progress while the guest runs."""
     _check_image(image)
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=argv_options.pop("work_dir", None)))
     vars_file = work / "OVMF_VARS.fd"
@@ -240,14 +246,15 @@ def boot_for_verdict(machine: Machine, image: Path, progress: Progress, prefix: 
     progress(f"booting {image.name} under QEMU ({'KVM' if machine.uses_kvm() else 'TCG'}, "
              f"{machine.cpus} vCPUs); console log: {console}")
     start = time.monotonic()
-    if during is not None:
-        _run_during(argv, result_file, console, during, timeout_s, progress)
-    else:
-        try:
-            run(argv, what=f"QEMU boot of {image.name}", timeout=timeout_s, check=False)
-        except BuildError as exc:
-            raise BuildError(f"{exc.message}; no {what} from the guest",
-                             hint=f"read the console log {console}") from exc
+    with follow_console(console, follow_prefix, progress):
+        if during is not None:
+            _run_during(argv, result_file, console, during, timeout_s, progress)
+        else:
+            try:
+                run(argv, what=f"QEMU boot of {image.name}", timeout=timeout_s, check=False)
+            except BuildError as exc:
+                raise BuildError(f"{exc.message}; no {what} from the guest",
+                                 hint=f"read the console log {console}") from exc
     seconds = time.monotonic() - start
     text = result_file.read_text().strip() if result_file.exists() else ""
     if not text:
@@ -288,6 +295,43 @@ def encode_suite_args(args: list[str]) -> str:
     return f"{VALIDATE_CMDLINE_KEY}={encoded}"
 
 
+@contextlib.contextmanager
+def follow_console(console: Path, prefix: str | None, progress: Progress) -> Iterator[None]:
+    """While the block runs, passes what follows `prefix` on each console line to
+    progress: the guest's own progress, read as QEMU writes the log (nothing without a
+    prefix)."""
+    if prefix is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def follow() -> None:
+        offset, partial = 0, b""
+        while not stop.is_set():
+            stop.wait(2.0)
+            try:
+                with open(console, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except OSError:
+                continue
+            offset += len(data)
+            *lines, partial = (partial + data).split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace").strip("\r")
+                at = line.find(prefix)
+                if at >= 0:
+                    progress("guest: " + line[at + len(prefix):])
+
+    thread = threading.Thread(target=follow, name="console-follow", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 @dataclass
 class ValidateResult:
     report: dict[str, Any]
@@ -307,7 +351,7 @@ def validate(image: Path, progress: Progress, suite_args: list[str], timeout_s: 
     report, seconds, console = boot_for_verdict(
         Machine(image, memory_mib, cpus), image, progress, "mlos-validate-",
         "validation results", timeout_s, "is this image built with mlos-validate.service? ",
-        work_dir=work_dir, result_port=VALIDATE_PORT,
+        work_dir=work_dir, result_port=VALIDATE_PORT, follow_prefix=VALIDATE_PROGRESS_PREFIX,
         cmdline_extra=encode_suite_args(suite_args))
     if not isinstance(report, dict):
         raise BuildError("the guest's validation results are not a JSON object")

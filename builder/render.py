@@ -28,6 +28,7 @@ from mlos_build.apt import Distribution, DistributionProfile, load_distribution
 from mlos_build.data import Profile, images_dir, load_profile, load_variant
 from mlos_build.demo_model import DEMO, DEMO_LLM
 from mlos_build.errors import BuildError
+from mlos_build.qemu import VALIDATE_CMDLINE_KEY, VALIDATE_PORT, VALIDATE_PROGRESS_PREFIX
 from mlos_build.spec import BuildSpec
 
 DEFAULT_CACHE_DIR = Path("/var/cache/mlos-build")
@@ -168,6 +169,9 @@ class ImageSpec(BuildSpec):
             "venv_extras": self.venv_extras,
             "autologin": self.autologin,
             "rest_port": REST_PORT,
+            "validate_port": VALIDATE_PORT,
+            "validate_cmdline_key": VALIDATE_CMDLINE_KEY,
+            "validate_progress_prefix": VALIDATE_PROGRESS_PREFIX,
             "demo": DEMO,
             "demo_llm": DEMO_LLM,
             "with_demo_llm": self.with_demo_llm,

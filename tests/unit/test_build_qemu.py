@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ from mlos_build.qemu import (
     RESULT_PORT,
     TCG_CMDLINE,
     VALIDATE_PORT,
+    VALIDATE_PROGRESS_PREFIX,
     Machine,
     encode_suite_args,
+    follow_console,
     kvm_works,
 )
 from mlos_build.render import ImageSpec, render
@@ -88,6 +91,7 @@ def test_the_guest_decodes_what_the_host_encodes(tmp_path: Path) -> None:
     namespace: dict[str, Any] = {}
     exec(compile(script, "validate", "exec"), namespace)  # top level only; main is guarded
     assert namespace["PORT_NAME"] == VALIDATE_PORT
+    assert namespace["PROGRESS_PREFIX"] == VALIDATE_PROGRESS_PREFIX
     assert namespace["VARIANT"] == "scheduler"
     for args in ([], ["--repetitions", "3"], ["--label", "ünïcode, with 'quotes' & = signs"]):
         cmdline = f"BOOT_IMAGE=/vmlinuz console=ttyS0 {encode_suite_args(args)} quiet\n"
@@ -99,3 +103,20 @@ def test_the_guest_decodes_what_the_host_encodes(tmp_path: Path) -> None:
     assert command[:4] == ["/opt/mlos/venv/bin/python", "-m", "mlos_build.report", "run"]
     assert "http://127.0.0.1:8080" in command and "127.0.0.1:8081" in command
     assert command[-2:] == ["--repetitions", "3"]
+
+
+def test_the_guests_progress_is_shown_while_the_console_grows(tmp_path: Path) -> None:
+    console = tmp_path / "console.log"
+    seen: list[str] = []
+    with follow_console(console, VALIDATE_PROGRESS_PREFIX, seen.append):
+        time.sleep(0.5)  # no log yet: nothing to read, no error
+        with open(console, "ab") as f:
+            f.write(b"[   12.1] systemd[1]: Started mlos-validate.service\r\n")
+            f.write(f"{VALIDATE_PROGRESS_PREFIX}[report] mlp/http/c1: 5 reps\r\n".encode())
+            f.write(f"[  13.0] {VALIDATE_PROGRESS_PREFIX}[report] half a li".encode())
+            f.flush()
+            time.sleep(2.5)
+            assert seen == ["guest: [report] mlp/http/c1: 5 reps"]
+            f.write(b"ne\n\xff garbage\n")
+        time.sleep(2.5)
+    assert seen == ["guest: [report] mlp/http/c1: 5 reps", "guest: [report] half a line"]
