@@ -19,8 +19,8 @@ USERSPACE = "userspace"
 KERNEL_BASIC = "kernel_basic"
 KERNEL_SCHEDULER = "kernel_scheduler"
 KERNEL_FULL = "kernel_full"
-
-_TRUE = {"y", "1", "yes", "true", "on"}
+RUNTIME_MODES = (USERSPACE, KERNEL_BASIC, KERNEL_SCHEDULER, KERNEL_FULL)
+SWITCHES = ("enable_tmm", "enable_scheduler", "enable_gpu_manager")
 
 
 def mode_for(enable_tmm: bool, enable_scheduler: bool, enable_gpu_manager: bool) -> str:
@@ -29,17 +29,39 @@ def mode_for(enable_tmm: bool, enable_scheduler: bool, enable_gpu_manager: bool)
     scheduler and GPU manager together make kernel_full. Used for /health (from sysfs and
     from the features the service actually uses), the report and the variant data."""
     if not enable_tmm:
-        return "userspace"
+        return USERSPACE
     if enable_scheduler and enable_gpu_manager:
-        return "kernel_full"
+        return KERNEL_FULL
     if enable_scheduler:
-        return "kernel_scheduler"
-    return "kernel_basic"
+        return KERNEL_SCHEDULER
+    return KERNEL_BASIC
 
 
 def parse_bool(text: str) -> bool:
-    """Kernel bool params read back as Y/N (older kernels and int params: 1/0)."""
-    return text.strip().lower() in _TRUE
+    """Kernel bool params read back as Y/N (older kernels and int params: 1/0); anything
+    else is refused."""
+    value = text.strip().lower()
+    if value in ("y", "1", "yes", "true", "on"):
+        return True
+    if value in ("n", "0", "no", "false", "off", ""):
+        return False
+    raise ValueError(f"not a bool module parameter value: {text!r}")
+
+
+def read_parameter_files(sysfs_root: str | Path) -> dict[str, str] | None:
+    """The loaded module's parameter files, name -> stripped text (None when mlos_ml is
+    not loaded). A parameter this user may not read is left out: the one reader of
+    <sysfs_root>/module/mlos_ml/parameters, for /health and for the binding."""
+    params_dir = Path(sysfs_root) / "module" / "mlos_ml" / "parameters"
+    if not params_dir.is_dir():
+        return None
+    raw: dict[str, str] = {}
+    for file in sorted(params_dir.iterdir()):
+        try:
+            raw[file.name] = file.read_text().strip()
+        except OSError:
+            continue
+    return raw
 
 
 @dataclass(frozen=True)
@@ -52,7 +74,6 @@ class RuntimeMode:
 
 
 def _value(text: str) -> Any:
-    text = text.strip()
     if text.upper() in ("Y", "N"):
         return text.upper() == "Y"
     try:
@@ -62,19 +83,17 @@ def _value(text: str) -> Any:
 
 
 def detect(sysfs_root: Path) -> RuntimeMode:
-    params_dir = Path(sysfs_root) / "module" / "mlos_ml" / "parameters"
-    if not params_dir.is_dir():
+    """The mode /health reports. Lenient: a switch that is not a bool counts as off (the
+    service still starts and says what it read)."""
+    raw = read_parameter_files(sysfs_root)
+    if raw is None:
         return RuntimeMode(USERSPACE, None)
-    raw: dict[str, str] = {}
-    for file in sorted(params_dir.iterdir()):
-        try:
-            raw[file.name] = file.read_text()
-        except OSError:  # unreadable parameter (permissions): report what we can
-            continue
     params = {name: _value(text) for name, text in raw.items()}
-    for flag in ("enable_tmm", "enable_scheduler", "enable_gpu_manager"):
+    for flag in SWITCHES:
         if flag in raw:
-            params[flag] = parse_bool(raw[flag])
-    mode = mode_for(*(bool(params.get(flag)) for flag in
-                      ("enable_tmm", "enable_scheduler", "enable_gpu_manager")))
+            try:
+                params[flag] = parse_bool(raw[flag])
+            except ValueError:
+                params[flag] = False
+    mode = mode_for(*(bool(params.get(flag)) for flag in SWITCHES))
     return RuntimeMode(mode, params)

@@ -6,20 +6,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..runtime_mode import mode_for
+from ..runtime_mode import RUNTIME_MODES, USERSPACE, mode_for, parse_bool, read_parameter_files
 
 MODULE = "mlos_ml"
-RUNTIME_MODES = ("userspace", "kernel_basic", "kernel_scheduler", "kernel_full")
-
-
-def parse_bool(text: str) -> bool:
-    """Bool parameters read back as Y/N; some kernels and writers use 1/0."""
-    value = text.strip().lower()
-    if value in ("y", "1", "yes", "true", "on"):
-        return True
-    if value in ("n", "0", "no", "false", "off", ""):
-        return False
-    raise ValueError(f"not a bool module parameter value: {text!r}")
+__all__ = ["MODULE", "RUNTIME_MODES", "ModuleParameters", "parse_bool", "read_parameters",
+           "runtime_mode"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +32,11 @@ class ModuleParameters:
 
 
 def read_parameters(sysfs_root: str | Path = "/sys") -> ModuleParameters | None:
-    """The loaded module's parameters, or None when mlos_ml is not loaded."""
-    pdir = Path(sysfs_root) / "module" / MODULE / "parameters"
-    if not pdir.is_dir():
+    """The loaded module's parameters, or None when mlos_ml is not loaded. Strict: a
+    switch that is not a bool raises ValueError."""
+    raw = read_parameter_files(sysfs_root)
+    if raw is None:
         return None
-    raw = {p.name: p.read_text().strip() for p in sorted(pdir.iterdir()) if p.is_file()}
 
     def flag(name: str) -> bool:
         return parse_bool(raw.pop(name, "N"))
@@ -58,4 +49,4 @@ def read_parameters(sysfs_root: str | Path = "/sys") -> ModuleParameters | None:
 
 def runtime_mode(sysfs_root: str | Path = "/sys") -> str:
     params = read_parameters(sysfs_root)
-    return params.runtime_mode if params else "userspace"
+    return params.runtime_mode if params else USERSPACE
