@@ -340,14 +340,17 @@ def sched_section(runs: list[dict[str, Any]], names: list[str]) -> str:
                       if bench["model"] == heavy.NAME else None)
             if merged is None:
                 continue
+            client = sched_probe.merge(bench["repetitions"], "sched_client")
             phase = (f'c{bench["concurrency"]} {bench["protocol"]} '
                      f'{"contended" if bench["contention"] else "quiet"}')
             cpu_wait = ", ".join(f'cpu{c["cpu"]} {fmt(c["wait_ms"])}' for c in merged["cpus"])
-            for i, g in enumerate(merged["threads"][:SCHED_ROWS]):
+            shown = [("", g) for g in merged["threads"][:SCHED_ROWS]] + [
+                ("client: ", g) for g in (client or {}).get("threads", [])[:2]]
+            for i, (who, g) in enumerate(shown):
                 seen = " ".join(f"{c}:{n}" for c, n in sorted(g["seen_on"].items()))
                 rows.append(
                     f'<tr><td class="l">{escape(phase) if i == 0 else ""}</td>'
-                    f'<td class="l">{escape(g["name"])} ×{g["threads"]}</td>'
+                    f'<td class="l">{escape(who + g["name"])} ×{g["threads"]}</td>'
                     f'<td class="l">{escape(_policy(g))}</td><td class="l">'
                     f'{escape(g["allowed"])}</td><td class="l">{escape(seen)}</td>'
                     f'<td>{fmt(g["run_ms"])}</td><td>{fmt(g["wait_ms"])}</td>'
@@ -370,7 +373,9 @@ def sched_section(runs: list[dict[str, Any]], names: list[str]) -> str:
             "<p>Read from /proc in the guest while each repetition ran, summed over the "
             "repetitions of a phase: run time, time runnable but waiting for a CPU "
             "(schedstat), involuntary switches, and the CPU each thread was last seen on "
-            f"every {sched_probe.SAMPLE_S * 1000:.0f} ms.</p>" + "".join(parts) + "</section>")
+            f"every {sched_probe.SAMPLE_S * 1000:.0f} ms. The service's busiest threads, "
+            "then the load generator's (\"client:\"): it runs in the same guest, so its own "
+            "waits are part of every latency measured.</p>" + "".join(parts) + "</section>")
 
 
 def _memory_hog_text(cont: dict[str, Any]) -> str:

@@ -201,34 +201,38 @@ class Probe:
 
 @contextmanager
 def probed(pid: int | None, into: dict[str, Any]) -> Iterator[None]:
-    """Runs the block under a probe of `pid` and stores its result as into["sched"];
-    with no pid, does nothing."""
+    """Runs the block under probes of the service `pid` and of this process (the load
+    generator, whose own waits are part of every latency it measures) and stores their
+    results as into["sched"] and into["sched_client"]; with no pid, does nothing."""
     if pid is None:
         yield
         return
-    probe = Probe(pid)
-    probe.start()
+    service, client = Probe(pid), Probe(os.getpid())
+    service.start()
+    client.start()
     try:
         yield
     finally:
-        into["sched"] = probe.stop()
+        into["sched"] = service.stop()
+        into["sched_client"] = client.stop()
 
 
-def merge(reps: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One phase's repetitions summed, threads grouped by name and policy (ONNX Runtime's
-    pool threads share a name): what the report shows."""
-    samples = [r["sched"] for r in reps if isinstance(r.get("sched"), dict)]
+def merge(reps: list[dict[str, Any]], key: str = "sched") -> dict[str, Any] | None:
+    """One phase's repetitions summed (key "sched": the service, "sched_client": the load
+    generator), threads grouped by name and policy (ONNX Runtime's pool threads share a
+    name): what the report shows."""
+    samples = [r[key] for r in reps if isinstance(r.get(key), dict)]
     if not samples:
         return None
     groups: dict[tuple[str, str, int, str], dict[str, Any]] = {}
     cpus: dict[int, dict[str, float]] = {}
     for sample in samples:
         for t in sample["threads"]:
-            key = (t["name"], t["policy"], t["rt_priority"], t["allowed"])
-            g = groups.setdefault(key, {"name": key[0], "policy": key[1],
-                                        "rt_priority": key[2], "allowed": key[3],
-                                        "threads": set(), "seen_on": {}, "run_ms": 0.0,
-                                        "wait_ms": 0.0, "slices": 0, "nonvoluntary": 0})
+            group = (t["name"], t["policy"], t["rt_priority"], t["allowed"])
+            g = groups.setdefault(group, {"name": group[0], "policy": group[1],
+                                          "rt_priority": group[2], "allowed": group[3],
+                                          "threads": set(), "seen_on": {}, "run_ms": 0.0,
+                                          "wait_ms": 0.0, "slices": 0, "nonvoluntary": 0})
             g["threads"].add(t["tid"])
             for cpu, n in t["seen_on"].items():
                 g["seen_on"][cpu] = g["seen_on"].get(cpu, 0) + n

@@ -217,7 +217,7 @@ def test_full_suite_against_a_userspace_service(services: dict[str, Service],
             assert rep["throughput_rps"] > 0
             # The heavy model's repetitions say where the service's threads ran (the
             # service is found by its port among the four running here).
-            assert ("sched" in rep) is (bench["model"] == heavy.NAME)
+            assert ("sched" in rep) is ("sched_client" in rep) is (bench["model"] == heavy.NAME)
     assert results["sched_probe"]["pid"] == svc.proc.pid
     probed = [r["sched"] for b in results["benchmarks"] for r in b["repetitions"] if "sched" in r]
     assert all(t["run_ms"] > 0 for s in probed for t in s["threads"])

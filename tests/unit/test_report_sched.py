@@ -100,7 +100,12 @@ def test_phases_merge_threads_by_name_and_policy() -> None:
                            "sched_rt_period_us": 1000000},
            "benchmarks": [{"model": heavy.NAME, "protocol": "http", "concurrency": 4,
                            "contention": True, "repetitions": reps}]}
+    reps[0]["sched_client"] = {"threads": [thread(9, "python3", "other", 30, "0")],
+                               "cpus": []}
+    client = sched_probe.merge(reps, "sched_client")
+    assert client is not None and client["repetitions"] == 1
     html = sched_section([run], ["scheduler"])
     assert "c4 http contended" in html and "fifo 50" in html and "ort ×2" in html
+    assert "client: python3 ×1" in html
     assert "950000 of 1000000" in html
     assert sched_section([{**run, "benchmarks": []}], ["scheduler"]) == ""
