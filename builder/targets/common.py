@@ -56,6 +56,34 @@ def check_free_space(dirs: list[Path], need: int = MIN_FREE_BYTES) -> None:
                              "free space or pass --output-dir/--cache-dir elsewhere")
 
 
+def dir_bytes(path: Path) -> int:
+    """Bytes allocated under path (what removing it gives back), not following links."""
+    total = 0
+    for entry in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if not entry.is_symlink():
+                total += entry.lstat().st_blocks * 512
+    return total
+
+
+def make_room(where: Path, need: int, regenerable: list[Path], progress: Progress) -> None:
+    """Drops the least recently used of `regenerable` (caches a build can make again, such
+    as other package sets' mkosi trees) while `where` has less than `need` bytes free,
+    saying what went; call it holding the cache lock. What it cannot free is left to
+    check_free_space to report."""
+    where.mkdir(parents=True, exist_ok=True)
+    candidates = sorted((p for p in regenerable if p.exists()), key=lambda p: p.stat().st_mtime)
+    for cache in candidates:
+        free = shutil.disk_usage(where).free
+        if free >= need:
+            return
+        size = dir_bytes(cache)
+        progress(f"only {free / 1024**3:.1f} GiB free: dropping the least recently used "
+                 f"cache {cache} ({size / 1024**3:.1f} GiB; a build that needs it again "
+                 "makes it anew)")
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def cache_lock(cache_dir: Path, progress: Progress) -> Iterator[None]:
     """One build per cache directory at a time: two mkosi runs sharing a package cache

@@ -30,9 +30,11 @@ from mlos_build.targets.base import BuildResult, Target, register
 from mlos_build.targets.common import (
     DEFAULT_OUTPUT_DIR,
     KERNEL_SOURCE_SKIP,
+    MIN_FREE_BYTES,
     SYSTEM_PATH,
     cache_lock,
     check_free_space,
+    make_room,
     update_checksums,
 )
 
@@ -212,7 +214,6 @@ class MkosiDiskTarget(Target):
         directory (removed by the caller when done), mkosi's output directory and the log."""
         spec = self.spec
         require_tools(self.tools)
-        check_free_space([output_dir, spec.cache_dir])
         check_mirror(spec.mirror, spec.release)
         work = output_dir / f".{spec.name}.work"
         if work.exists():
@@ -228,9 +229,23 @@ class MkosiDiskTarget(Target):
         log = output_dir / f"{spec.name}.build.log"
         log.unlink(missing_ok=True)
         with cache_lock(spec.cache_dir, self.progress):
+            self.make_room(output_dir)
+            check_free_space([output_dir, spec.cache_dir])
             self.progress(f"running mkosi (full log: {log})")
             self._mkosi(project, mkosi_out, log)
         return work, mkosi_out, log
+
+    def make_room(self, output_dir: Path) -> None:
+        """Short of space, drops other package sets' mkosi caches, least recently used
+        first (one per package set accumulates: mkosi_cache_dir). This build's own cache is
+        marked used now, so it is the last to go."""
+        current = self.mkosi_cache_dir()
+        current.mkdir(parents=True, exist_ok=True)
+        os.utime(current)
+        others = [d for d in current.parent.iterdir() if d.is_dir() and d != current
+                  and len(d.name) == len(current.name) and d.name.isalnum()]
+        for where in dict.fromkeys([output_dir, self.spec.cache_dir]):
+            make_room(where, MIN_FREE_BYTES, others, self.progress)
 
     def build(self, output_dir: Path) -> BuildResult:
         spec = self.spec

@@ -8,6 +8,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from mlos_build.targets.mkosi_disk import venv_key
 
 REQUIRES = ["Requires-Dist: numpy>=1.26", "Requires-Dist: onnxruntime>=1.17",
@@ -58,3 +60,27 @@ def test_each_package_set_has_its_own_mkosi_cache(tmp_path: Path) -> None:
     assert all(d.parent == tmp_path / "mkosi" for d in dirs)
     # basic and full install the same packages (only module parameters differ).
     assert cache("basic", "vm") == cache("full", "vm")
+
+
+def test_short_of_space_a_build_drops_other_package_sets_never_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlos_build.render import ImageSpec
+    from mlos_build.targets import mkosi_disk
+
+    said: list[str] = []
+
+    def target(profile: str) -> mkosi_disk.MkosiDiskTarget:
+        spec = ImageSpec.create("ubuntu", "full", profile=profile, cache_dir=tmp_path)
+        return mkosi_disk.MkosiDiskTarget(spec, None, said.append)
+
+    metal, vm = target("metal"), target("vm")
+    for t in (metal, vm):
+        (t.mkosi_cache_dir() / "tree").mkdir(parents=True)
+    # Neither a package set's manifest file nor another cache's directory is a candidate.
+    (tmp_path / "mkosi" / "ubuntu~noble~x86-64.manifest").write_text("{}")
+    (tmp_path / "mkosi" / "ubuntu~noble~x86-64.cache").mkdir()
+    monkeypatch.setattr(mkosi_disk, "MIN_FREE_BYTES", 1 << 60)  # never enough: all goes
+    vm.make_room(tmp_path / "out")
+    assert vm.mkosi_cache_dir().is_dir() and not metal.mkosi_cache_dir().exists()
+    assert (tmp_path / "mkosi" / "ubuntu~noble~x86-64.cache").is_dir()
+    assert len(said) == 1 and str(metal.mkosi_cache_dir()) in said[0]

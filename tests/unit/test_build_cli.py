@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import shutil
 import socket
@@ -18,7 +19,12 @@ import tomllib
 from mlos_build import cli
 from mlos_build.errors import BuildError
 from mlos_build.runner import require_tools, run
-from mlos_build.targets.common import cache_lock, check_free_space, update_checksums
+from mlos_build.targets.common import (
+    cache_lock,
+    check_free_space,
+    make_room,
+    update_checksums,
+)
 from mlos_build.targets.mkosi_disk import check_mirror, pinned_llm_requirement
 
 NEEDS_MKOSI = pytest.mark.skipif(shutil.which("mkosi") is None,
@@ -267,3 +273,22 @@ def test_builds_sharing_a_cache_take_turns(tmp_path: Path) -> None:
     with cache_lock(tmp_path, said.append):  # free now: no wait, nothing said
         pass
     assert len(said) == 1
+
+
+def test_short_of_space_the_least_recently_used_caches_go_first(tmp_path: Path) -> None:
+    caches = []
+    for age, name in enumerate(("newest", "middle", "oldest")):
+        cache = tmp_path / name
+        (cache / "tree").mkdir(parents=True)
+        (cache / "tree" / "blob").write_bytes(os.urandom(64 << 10))
+        os.utime(cache, (1_000_000 - age * 1000,) * 2)
+        caches.append(cache)
+    said: list[str] = []
+    make_room(tmp_path, 0, caches, said.append)  # enough space: nothing goes
+    assert all(c.exists() for c in caches) and said == []
+    # More than any disk has: every candidate goes, the oldest first, each one said.
+    make_room(tmp_path, 1 << 60, [*caches, tmp_path / "gone-already"], said.append)
+    assert not any(c.exists() for c in caches)
+    assert [line.split("cache ", 1)[1].split(" (")[0] for line in said] == [
+        str(tmp_path / "oldest"), str(tmp_path / "middle"), str(tmp_path / "newest")]
+    assert all("least recently used" in line and "GiB" in line for line in said)
