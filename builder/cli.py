@@ -146,7 +146,8 @@ def cmd_build(args: argparse.Namespace, progress: Progress) -> int:
     others = list(result.others)
     if target.release_artifacts:
         others += release.make_artifacts(result.image, progress,
-                                          release.options_from_args(args), result.manifest)
+                                          release.options_from_args(args), result.manifest,
+                                          disk=target.disk_image)
     for other in others:
         progress(f"  and {other}")
     print(result.image)

@@ -49,15 +49,17 @@ def artifact(image: Path, suffix: str) -> Path:
 
 
 def make_artifacts(image: Path, progress: Progress, options: Options = Options(),
-                   manifest: Path | None = None) -> list[Path]:
-    """Writes X.bmap, X.qcow2 and X.spdx.json beside image X.raw, adds them (and the image
-    and manifest) to SHA256SUMS, and signs it when asked. Returns the files made."""
+                   manifest: Path | None = None, disk: bool = True) -> list[Path]:
+    """Writes X.bmap, X.qcow2 (disk images only) and X.spdx.json beside image X.raw, adds
+    them (and the image and manifest) to SHA256SUMS, and signs it when asked. Returns the
+    files made."""
     if not image.is_file():
         raise BuildError(f"no image at {image}", hint="give the path of a raw disk image")
     made: list[Path] = []
-    progress(f"block map of {image.name}")
-    made.append(bmaplib.write(bmaplib.create(image), artifact(image, ".bmap")))
-    if options.qcow2:
+    if disk:
+        progress(f"block map of {image.name}")
+        made.append(bmaplib.write(bmaplib.create(image), artifact(image, ".bmap")))
+    if disk and options.qcow2:
         require_tools(["qemu-img"])
         qcow2 = artifact(image, ".qcow2")
         tmp = qcow2.with_name(qcow2.name + ".tmp")

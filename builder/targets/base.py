@@ -38,9 +38,10 @@ class Target(abc.ABC):
     name: ClassVar[str]
     # What `mlos-build COMMAND` builds, for --help ({command} is the subcommand).
     summary: ClassVar[str]
-    # Whether its image is a disk that gets the release artifacts (block map, qcow2, SBOM,
-    # signed SHA256SUMS: builder/release.py) and their options.
+    # Whether its image gets the release artifacts (SBOM, SHA256SUMS, signature:
+    # builder/release.py), and whether it is a disk, which also gets a block map and a qcow2.
     release_artifacts: ClassVar[bool] = False
+    disk_image: ClassVar[bool] = False
 
     # mlos_source None: the checkout mlos-build runs from, else the installed package
     # (mlos_build.source.MlosSource.default()).

@@ -118,6 +118,7 @@ class ContainerTarget(MkosiDiskTarget):
     spec: ContainerSpec
     mkosi_cache = "mkosi-container"
     tools = ["mkosi", "umoci", "skopeo"]
+    disk_image = False  # an OCI archive: its SBOM, no block map or qcow2 of it
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, command: str, *,

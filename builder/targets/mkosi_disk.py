@@ -103,6 +103,7 @@ class MkosiDiskTarget(Target):
     name = "mkosi-disk"
     summary = "a {command} image (raw UEFI disk)"
     release_artifacts = True
+    disk_image = True
     spec: ImageSpec
     # mkosi 24.3 names its incremental cache by distribution, release and architecture
     # only, and drops it when the package set differs: targets of the same distribution

@@ -111,6 +111,11 @@ def test_archive_config(archive: Path) -> None:
     assert ("llama_cpp_python" in names) is WITH_LLM
     packages = {p["name"] for p in manifest["packages"]}
     assert "python3" in packages and not {"systemd", "gcc", "apt"} & packages
+    # Release artifacts of an archive: its SBOM, never a block map or qcow2 of a tar.
+    stem = archive.name.removesuffix(".tar")
+    assert (archive.parent / f"{stem}.spdx.json").is_file()
+    assert not (archive.parent / f"{stem}.qcow2").exists()
+    assert not (archive.parent / f"{stem}.bmap").exists()
 
 
 @pytest.fixture(scope="module")

@@ -180,3 +180,19 @@ def test_verify_without_sums_says_what_to_do(tmp_path: Path) -> None:
     result = mlos_build("verify", tmp_path)
     assert result.returncode == 1 and "no SHA256SUMS" in result.stderr
     assert "mlos-build release IMAGE" in result.stderr
+
+
+def test_an_archive_that_is_not_a_disk_gets_its_sbom_and_no_disk_artifacts(
+        tmp_path: Path) -> None:
+    # The container target's OCI archive: a block map or a qcow2 of a tar is no artifact.
+    from mlos_build import release
+
+    archive = tmp_path / "mlos-core-0.1.0.oci.tar"
+    archive.write_bytes(os.urandom(1 << 16))
+    manifest = tmp_path / "mlos-core-0.1.0.manifest.json"
+    manifest.write_text(json.dumps(MANIFEST))
+    made = release.make_artifacts(archive, lambda line: None, manifest=manifest, disk=False)
+    assert sorted(p.name for p in made) == ["SHA256SUMS", "mlos-core-0.1.0.oci.spdx.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "SHA256SUMS", "mlos-core-0.1.0.manifest.json", "mlos-core-0.1.0.oci.spdx.json",
+        "mlos-core-0.1.0.oci.tar"]
