@@ -27,6 +27,10 @@ from types import TracebackType
 from typing import Any
 
 WHERES = ("local", "host", "command")
+# The hogs' priority: normal, like other tenants' batch jobs. In the validation guest the
+# suite itself (the load generator, standing in for clients on other machines) runs at a
+# higher one (validate's CLIENT_NICE), and the hogs are put back to this.
+HOG_NICE = 0
 
 _CPU_HOG = "while True:\n    pass\n"
 
@@ -60,7 +64,8 @@ class Hogs:
     """A context manager that keeps `count` CPU hogs and `mem_hogs` memory hogs running."""
 
     def __init__(self, count: int, where: str = "local", command: str | None = None,
-                 settle_s: float = 0.3, mem_hogs: int = 0, mem_mib: float = 128.0) -> None:
+                 settle_s: float = 0.3, mem_hogs: int = 0, mem_mib: float = 128.0,
+                 nice: int = HOG_NICE) -> None:
         if where not in WHERES:
             raise ValueError(f"contention place {where!r}: expected one of {WHERES}")
         if where == "command" and not command:
@@ -71,13 +76,18 @@ class Hogs:
         self.settle_s = settle_s
         self.mem_hogs = 0 if where == "command" else mem_hogs
         self.mem_mib = mem_mib
+        self.nice = nice
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def describe(self) -> dict[str, Any]:
         return {"hogs": self.count, "where": self.where, "command": self.command,
-                # The hogs inherit the suite's own priority.
-                "nice": os.getpriority(os.PRIO_PROCESS, 0), "memory_hogs": self.mem_hogs,
+                "nice": self.nice, "memory_hogs": self.mem_hogs,
                 "memory_hog_mib": self.mem_mib if self.mem_hogs else None}
+
+    def _at_hog_priority(self) -> None:
+        # In the child before exec: the hogs run at `nice` whatever the suite's own
+        # priority (raising a nice value needs no privilege).
+        os.setpriority(os.PRIO_PROCESS, 0, self.nice)
 
     def __enter__(self) -> Hogs:
         try:
@@ -88,12 +98,14 @@ class Hogs:
                                                    stdout=subprocess.DEVNULL))
             else:
                 for _ in range(self.count):
-                    self.procs.append(subprocess.Popen([sys.executable, "-c", _CPU_HOG],
-                                                       start_new_session=True))
+                    self.procs.append(subprocess.Popen(
+                        [sys.executable, "-c", _CPU_HOG], start_new_session=True,
+                        preexec_fn=self._at_hog_priority))
                 for _ in range(self.mem_hogs):
                     self.procs.append(subprocess.Popen(
                         [sys.executable, "-c", _MEM_HOG, str(self.mem_mib), "0"],
-                        start_new_session=True, stdout=subprocess.PIPE))
+                        start_new_session=True, stdout=subprocess.PIPE,
+                        preexec_fn=self._at_hog_priority))
                 # Filling the buffers takes seconds in a slow guest: measure only once
                 # every memory hog streams.
                 for proc in self.procs[self.count:]:

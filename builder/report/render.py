@@ -447,6 +447,7 @@ def method_section(runs: list[dict[str, Any]], names: list[str]) -> str:
             + _llm_method_text(run.get("llm")) +
             f"<li>Load generator: {escape(str(host.get('hostname')))}, "
             f"{host.get('cpus')} CPUs, kernel {escape(str(host.get('kernel')))}, "
+            + (f"at nice {host['nice']}, " if host.get("nice") is not None else "") +
             f"load average at start {escape(str(host.get('loadavg')))}.</li>")
         for note in run.get("notes", []):
             out.append(f'<li class="err">{escape(note)}</li>')

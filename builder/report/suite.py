@@ -58,6 +58,7 @@ def client_host() -> dict[str, Any]:
     """The machine driving the load (not necessarily the service's machine)."""
     return {"hostname": socket.gethostname(), "cpus": os.cpu_count(),
             "kernel": platform.release(), "python": platform.python_version(),
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
