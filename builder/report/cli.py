@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("results", type=Path, nargs="+", help="results.json files, one per run")
     render.add_argument("--out", type=Path, default=Path("report.html"))
     render.add_argument("--title")
+    render.add_argument("--note", action="append", default=[],
+                        help="a paragraph shown under the verdict table (repeatable): what "
+                        "the figures mean, where a diagnosis is written")
     return parser
 
 
@@ -154,7 +157,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     runs = [load_results(p) for p in args.results]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_html(runs, args.title))
+    args.out.write_text(render_html(runs, args.title, args.note))
     print(args.out)
     return 0
 

@@ -42,6 +42,7 @@ table.verdict td{text-align:center} table.verdict .word{font-weight:600}
 svg.chart{display:block;margin:.4em 0 1.2em;max-width:100%;height:auto}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
 .err{color:#a11}
+p.note{background:#fff8e6;border-left:4px solid #e0a800;padding:.4em .7em}
 """
 
 
@@ -116,8 +117,9 @@ def _verdict_cell(c: verdict.Cell) -> str:
             f'<span class="word">{escape(c.word)}</span></td>')
 
 
-def verdict_section(runs: list[dict[str, Any]]) -> str:
-    """The verdict table, first on the page when several runs are compared."""
+def verdict_section(runs: list[dict[str, Any]], notes: list[str] | None = None) -> str:
+    """The verdict table, first on the page when several runs are compared, with the
+    renderer's notes under it (text, escaped)."""
     table = verdict.verdict_table(runs)
     out = ['<section id="verdict"><h2>Verdict: kernel modes against userspace</h2>']
     if table.base_name is None:
@@ -148,7 +150,9 @@ def verdict_section(runs: list[dict[str, Any]]) -> str:
         rows.append(f'<tr><td class="l" colspan="{len(verdict.COLUMNS) + 1}">'
                     "no kernel-mode run to compare</td></tr>")
     out.append(f'<table class="verdict"><tr><th class="l">mode</th>{header}</tr>'
-               + "".join(rows) + "</table></section>")
+               + "".join(rows) + "</table>")
+    out += [f'<p class="note">{escape(note)}</p>' for note in notes or []]
+    out.append("</section>")
     return "".join(out)
 
 
@@ -457,7 +461,8 @@ def method_section(runs: list[dict[str, Any]], names: list[str]) -> str:
     return "".join(out)
 
 
-def render_html(runs: list[dict[str, Any]], title: str | None = None) -> str:
+def render_html(runs: list[dict[str, Any]], title: str | None = None,
+                notes: list[str] | None = None) -> str:
     """The whole page for one run or several runs side by side."""
     if not runs:
         raise ValueError("no results to render")
@@ -468,7 +473,7 @@ def render_html(runs: list[dict[str, Any]], title: str | None = None) -> str:
     body = [f"<h1>{escape(title)}</h1>",
             f'<p class="sub">Rendered {escape(now)} from {len(runs)} run(s): '
             f"{escape(', '.join(names))}.</p>",
-            *([verdict_section(runs)] if len(runs) > 1 else []),
+            *([verdict_section(runs, notes)] if len(runs) > 1 else []),
             release_versions(runs, names), _findings_section(runs, names),
             latency_section(runs, names), sched_section(runs, names), tensor_section(runs, names),
             llm_section(runs, names), method_section(runs, names)]

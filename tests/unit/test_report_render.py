@@ -201,3 +201,10 @@ def test_only_features_in_use_are_listed() -> None:
     html = render_html([results])
     card = re.search(r'Features in use</div><div class="v">([^<]*)<', html)
     assert card is not None and card.group(1) == "memory_manager, scheduler"
+
+
+def test_notes_are_shown_under_the_verdict_escaped() -> None:
+    runs = [sample_results("userspace"), sample_results("kernel_scheduler", seed=1)]
+    html = render_html(runs, notes=["Diagnosis: docs/kernel-modes.md <measured>"])
+    verdict_part = html[html.index('id="verdict"'):html.index("</section>")]
+    assert '<p class="note">Diagnosis: docs/kernel-modes.md &lt;measured&gt;</p>' in verdict_part
