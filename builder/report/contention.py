@@ -27,9 +27,8 @@ from types import TracebackType
 from typing import Any
 
 WHERES = ("local", "host", "command")
-# The hogs' priority: normal, like other tenants' batch jobs. In the validation guest the
-# suite itself (the load generator, standing in for clients on other machines) runs at a
-# higher one (validate's CLIENT_NICE), and the hogs are put back to this.
+# The hogs' priority: normal, like other tenants' batch jobs, set explicitly whatever the
+# suite's own (recorded apart as client_host.nice).
 HOG_NICE = 0
 
 _CPU_HOG = "while True:\n    pass\n"

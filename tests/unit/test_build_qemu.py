@@ -103,10 +103,6 @@ def test_the_guest_decodes_what_the_host_encodes(tmp_path: Path) -> None:
     assert command[:4] == ["/opt/mlos/venv/bin/python", "-m", "mlos_build.report", "run"]
     assert "http://127.0.0.1:8080" in command and "127.0.0.1:8081" in command
     assert command[-2:] == ["--repetitions", "3"]
-    # Run as the service's user after the root parent has raised its priority.
-    wrapped = namespace["as_service_user"](command)
-    assert wrapped[:5] == ["setpriv", "--reuid=mlos", "--regid=mlos", "--clear-groups", "--"]
-    assert wrapped[5:] == command and namespace["CLIENT_NICE"] < 0
 
 
 def test_the_guests_progress_is_shown_while_the_console_grows(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ def test_memory_hogs_move_memory_and_are_ended_with_the_cpu_hogs() -> None:
     assert Hogs(2, "command", command="sleep 1", mem_hogs=1).describe()["memory_hogs"] == 0
 
 
-# Run from a suite at nice -10 (the validation guest's load generator): every hog is at 0.
+# Run from a suite at nice -10: every hog is at HOG_NICE (0) all the same.
 _FROM_A_RAISED_SUITE = """
 import os
 from mlos_build.report.contention import Hogs
