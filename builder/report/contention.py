@@ -75,7 +75,10 @@ class Hogs:
         self.settle_s = settle_s
         self.mem_hogs = 0 if where == "command" else mem_hogs
         self.mem_mib = mem_mib
-        self.nice = nice
+        # Raising a nice value needs no privilege, lowering one does: a suite run at a
+        # higher nice than `nice` without root leaves its hogs at its own.
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        self.nice = nice if own <= nice or os.geteuid() == 0 else own
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def describe(self) -> dict[str, Any]:
@@ -84,8 +87,7 @@ class Hogs:
                 "memory_hog_mib": self.mem_mib if self.mem_hogs else None}
 
     def _at_hog_priority(self) -> None:
-        # In the child before exec: the hogs run at `nice` whatever the suite's own
-        # priority (raising a nice value needs no privilege).
+        # In the child before exec: the hogs run at self.nice, not at the suite's own.
         os.setpriority(os.PRIO_PROCESS, 0, self.nice)
 
     def __enter__(self) -> Hogs:

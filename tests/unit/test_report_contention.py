@@ -142,3 +142,16 @@ def test_hogs_run_at_normal_priority_beside_a_raised_suite() -> None:
     out = subprocess.run([sys.executable, "-c", _FROM_A_RAISED_SUITE], capture_output=True,
                          text=True, timeout=120, check=True, preexec_fn=lambda: os.nice(-10))
     assert out.stdout.split() == ["-10", "0", "0"], out.stderr
+
+
+
+def test_a_suite_that_may_not_lower_a_nice_value_keeps_its_hogs_at_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Asked for hogs at a lower nice than its own, an unprivileged suite cannot lower it
+    # (setpriority would fail in the child): the hogs stay at the suite's nice, and the
+    # results say so.
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with Hogs(1, "local", settle_s=0.1, nice=own - 1) as hogs:
+        assert hogs.describe()["nice"] == own
+        assert os.getpriority(os.PRIO_PROCESS, hogs.procs[0].pid) == own
