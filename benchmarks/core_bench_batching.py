@@ -20,6 +20,7 @@ import requests
 import tritonclient.http as httpclient
 from core_clients import (
     Result,
+    accumulate,
     fmt,
     free_port,
     make_mlp,
@@ -98,12 +99,7 @@ def bench_batching(quick: bool, delay_us: int = 0) -> str:
             for label, model in order if block % 2 == 0 else reversed(order):
                 part = measure(f"MLOS REST binary, {label}", model, c, total // blocks,
                                client(model))
-                key = (prefix + label, c)
-                if key in results:
-                    results[key].latencies += part.latencies
-                    results[key].wall += part.wall
-                else:
-                    results[key] = part
+                accumulate(results, (prefix + label, c), part)
 
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready")

@@ -16,6 +16,7 @@ from core_clients import (
     ROOT,
     Clients,
     Result,
+    accumulate,
     cpu_seconds,
     fmt,
     free_port,
@@ -88,23 +89,14 @@ def bench_grpc(quick: bool, before: Path | None) -> str:
                     spent = cpu.setdefault((label, c), [0.0, 0.0])
                     spent[0] += cpu_seconds(pid) - server0
                     spent[1] += time.process_time() - client0
-                    key = (label, c)
-                    if key in results:
-                        results[key].latencies += part.latencies
-                        results[key].wall += part.wall
-                    else:
-                        results[key] = part
+                    accumulate(results, (label, c), part)
             order = big_paths if block % 2 == 0 else list(reversed(big_paths))
             for label, factory, pid in order:
                 server0 = cpu_seconds(pid)
                 part = measure(label, "16MiB", 1, 10 if quick else 20, factory, warmup=2)
                 spent = big_cpu.setdefault(label, [0.0])
                 spent[0] += cpu_seconds(pid) - server0
-                if label in big:
-                    big[label].latencies += part.latencies
-                    big[label].wall += part.wall
-                else:
-                    big[label] = part
+                accumulate(big, label, part)
     finally:
         for proc in procs:
             proc.terminate()

@@ -56,6 +56,16 @@ class Result:
         return len(self.latencies) / self.wall
 
 
+def accumulate(results: dict[Any, Result], key: Any, part: Result) -> None:
+    """Adds one block's measurement to the result kept under `key` (interleaved blocks
+    of one path are reported as one result)."""
+    if key in results:
+        results[key].latencies += part.latencies
+        results[key].wall += part.wall
+    else:
+        results[key] = part
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
