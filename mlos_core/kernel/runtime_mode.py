@@ -20,6 +20,7 @@ KERNEL_BASIC = "kernel_basic"
 KERNEL_SCHEDULER = "kernel_scheduler"
 KERNEL_FULL = "kernel_full"
 RUNTIME_MODES = (USERSPACE, KERNEL_BASIC, KERNEL_SCHEDULER, KERNEL_FULL)
+MODULE = "mlos_ml"  # the kernel module, as /sys/module names it
 SWITCHES = ("enable_tmm", "enable_scheduler", "enable_gpu_manager")
 
 
@@ -52,7 +53,7 @@ def read_parameter_files(sysfs_root: str | Path) -> dict[str, str] | None:
     """The loaded module's parameter files, name -> stripped text (None when mlos_ml is
     not loaded). A parameter this user may not read is left out: the one reader of
     <sysfs_root>/module/mlos_ml/parameters, for /health and for the binding."""
-    params_dir = Path(sysfs_root) / "module" / "mlos_ml" / "parameters"
+    params_dir = Path(sysfs_root) / "module" / MODULE / "parameters"
     if not params_dir.is_dir():
         return None
     raw: dict[str, str] = {}

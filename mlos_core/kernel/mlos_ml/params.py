@@ -6,9 +6,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..runtime_mode import RUNTIME_MODES, USERSPACE, mode_for, parse_bool, read_parameter_files
+from ..runtime_mode import (
+    MODULE,
+    RUNTIME_MODES,
+    USERSPACE,
+    mode_for,
+    parse_bool,
+    read_parameter_files,
+)
 
-MODULE = "mlos_ml"
 __all__ = ["MODULE", "RUNTIME_MODES", "ModuleParameters", "parse_bool", "read_parameters",
            "runtime_mode"]
 
