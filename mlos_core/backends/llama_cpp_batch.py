@@ -127,16 +127,18 @@ class _Running:
 @dataclass
 class _Slot:
     cached: list[int] = field(default_factory=list)  # tokens in this sequence's KV cache
-    used_at: int = 0  # the step it was last given out (least recently used goes first)
+    used_at: int = 0  # the step it was last given out (prompt cache: the least recently used goes)
 
 
 @dataclass
 class EngineJournal:
-    """What the engine did, for tests and diagnostics: steps run, and the last events as
-    (step, event, prompt_tokens) with event "join" or "leave:<finish_reason>"."""
+    """What the engine did, for tests and diagnostics: steps run, the last events as
+    (step, event, prompt_tokens) with event "join" or "leave:<finish_reason>", and the
+    last steps' sequence ids in batch order."""
 
     steps: int = 0
     events: deque[tuple[int, str, int]] = field(default_factory=lambda: deque(maxlen=512))
+    batches: deque[tuple[int, ...]] = field(default_factory=lambda: deque(maxlen=512))
     max_batch_sequences: int = 0
 
 
@@ -274,7 +276,8 @@ class BatchEngine:
         free = [i for i in range(self.n_slots) if i not in busy]
         assert free, "more requests running than slots"
         if not self.prompt_cache:
-            return min(free, key=lambda i: self._slots[i].used_at), 0
+            # The lowest free one: running sequence ids stay consecutive, one ubatch a step.
+            return free[0], 0
         shared = {i: common_prefix(self._slots[i].cached, prompt) for i in free}
         best = max(free, key=lambda i: (shared[i], -self._slots[i].used_at))
         return best, shared[best]
@@ -329,27 +332,33 @@ class BatchEngine:
         lib, batch = self._lib, self._batch
         with self.queue.cond:
             entries = list(self._running.values())
-        n = sequences = 0
+        # What each request adds: the token it sampled last, or (in arrival order, within
+        # the step's budget of batch_size tokens) its next prompt piece.
+        pieces: dict[_Running, list[int]] = {}
         budget = self.n_batch
-        # Decoding requests first (one token each), then prompt pieces in arrival order.
         for running in entries:
             running.batch_index = -1
             if running.next_token is not None:
-                n = self._add(n, running, [running.next_token], True)
+                pieces[running] = [running.next_token]
                 budget -= 1
-                sequences += 1
         for running in entries:
             if running.next_token is None and running.pending and budget > 0:
-                piece = running.pending[:budget]
+                pieces[running] = running.pending[:budget]
                 del running.pending[:budget]
-                n = self._add(n, running, piece, not running.pending)
-                budget -= len(piece)
-                sequences += 1
+                budget -= len(pieces[running])
+        # Into the batch in slot (= sequence id) order: with one KV stream per sequence,
+        # llama.cpp puts only consecutive, increasing sequence ids in one ubatch, so the
+        # arrival order (slots 1, 2, 3, 0, say) would split the step into several decodes.
+        order = sorted(pieces, key=lambda r: r.slot)
+        n = 0
+        for running in order:
+            n = self._add(n, running, pieces[running], logits=not running.pending)
         if n == 0:
             return
         batch.n_tokens = n
         self.journal.steps += 1
-        self.journal.max_batch_sequences = max(self.journal.max_batch_sequences, sequences)
+        self.journal.batches.append(tuple(r.slot for r in order))
+        self.journal.max_batch_sequences = max(self.journal.max_batch_sequences, len(pieces))
         status = lib.llama_decode(self._ctx.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
