@@ -11,7 +11,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from mlos_build.report.contention import WHERES
+from mlos_build.report.contention import WHERES, ClientPriorityError
 from mlos_build.report.load import PROTOCOLS
 from mlos_build.report.render import render_html
 from mlos_build.report.service import ServiceError, Target
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--llm-requests", type=int, default=defaults.llm_requests,
                      help="serial completions per LLM repetition [%(default)s]")
     run.add_argument("--llm-max-tokens", type=int, default=defaults.llm_max_tokens)
+    run.add_argument("--client-rt-priority", type=int, default=0, metavar="N",
+                     help="run the load generator at SCHED_FIFO N (root), below the "
+                     "service's rt_priority, so hogs beside it do not delay the "
+                     "measurement itself; 0: as started [0]")
 
     render = sub.add_parser("render", help="render results JSON files into one HTML report")
     render.add_argument("results", type=Path, nargs="+", help="results.json files, one per run")
@@ -133,7 +137,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         tensor_sizes_mib=args.tensor_sizes_mib, tensor_requests=args.tensor_requests,
         json_requests=args.json_requests, json_max_mib=args.json_max_mib,
         heavy_model=not args.no_heavy_model, llm=not args.no_llm,
-        llm_requests=args.llm_requests, llm_max_tokens=args.llm_max_tokens)
+        llm_requests=args.llm_requests, llm_max_tokens=args.llm_max_tokens,
+        client_rt_priority=args.client_rt_priority)
     previous = [load_results(p) for p in args.compare_with]
     target = Target(args.url, grpc_url, args.api_key)
     try:
@@ -145,6 +150,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             hint = "the service wants an API key: pass --api-key or set $MLOS_API_KEY"
         print(f"mlos-build report: {exc}\n  hint: {hint}", file=sys.stderr)
         return 1
+    except ClientPriorityError as exc:
+        print(f"mlos-build report: {exc}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "results.json"
     json_path.write_text(json.dumps(results, indent=1) + "\n")

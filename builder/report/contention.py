@@ -13,6 +13,13 @@ Where the hogs run decides what a contended figure means, so the results record 
 - `command`: a user-given shell command that starts hogs on the target (for example
   over ssh into the guest) and runs until it is stopped; its process group is ended
   after the phase. What it runs is up to the command: no memory hog is added.
+
+The load generator itself may run at a real-time priority (`set_client_rt_priority`,
+the suite's `--client-rt-priority`): in a guest where the hogs run beside it, a client
+at nice 0 waits a time slice behind a hog at every wake-up and measures that wait as
+service latency, in every mode alike. At SCHED_FIFO below the service's own (mlos-ml's
+`rt_priority`, 10 by default) no hog delays it; the hogs, its children, are put back to
+SCHED_OTHER whatever the suite's policy.
 """
 
 from __future__ import annotations
@@ -52,10 +59,54 @@ print(2 * passes * src.nbytes / 2**30 / (time.perf_counter() - t0))
 """
 
 
+class ClientPriorityError(RuntimeError):
+    """The load generator could not be given the real-time priority asked for."""
+
+
+def set_client_rt_priority(priority: int) -> None:
+    """Put the calling thread (and the threads it starts after) at SCHED_FIFO `priority`;
+    0 leaves it as it is."""
+    if priority <= 0:
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError) as exc:
+        raise ClientPriorityError(
+            f"cannot run the load generator at SCHED_FIFO {priority} ({exc}): run the suite "
+            "as root (or with CAP_SYS_NICE), or leave --client-rt-priority out") from exc
+
+
+def client_priority() -> dict[str, Any]:
+    """The calling thread's policy, real-time priority and nice (recorded with results)."""
+    policy = os.sched_getscheduler(0)
+    return {"policy": _POLICY_NAMES.get(policy, str(policy)),
+            "rt_priority": os.sched_getparam(0).sched_priority,
+            "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+
+
+_POLICY_NAMES = {os.SCHED_OTHER: "other", os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr",
+                 os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle"}
+
+
+def hog_nice(wanted: int = HOG_NICE) -> int:
+    """The nice value hogs get: raising one needs no privilege, lowering one does, so a
+    suite run unprivileged at a higher nice than `wanted` leaves its hogs at its own."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    return wanted if own <= wanted or os.geteuid() == 0 else own
+
+
+def _as_hog(nice: int) -> None:
+    """In a hog's child before exec: SCHED_OTHER at `nice`, not the suite's policy."""
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+
 def measure_memory_bandwidth(mib: float, seconds: float = 1.0) -> float:
     """GiB/s one memory hog moves on a quiet machine (what it takes from the others)."""
     out = subprocess.run([sys.executable, "-c", _MEM_HOG, str(mib), str(seconds)],
-                         capture_output=True, text=True, timeout=60 + 10 * seconds, check=True)
+                         capture_output=True, text=True, timeout=60 + 10 * seconds, check=True,
+                         preexec_fn=lambda: _as_hog(hog_nice()))
     return round(float(out.stdout.split()[-1]), 2)
 
 
@@ -75,10 +126,7 @@ class Hogs:
         self.settle_s = settle_s
         self.mem_hogs = 0 if where == "command" else mem_hogs
         self.mem_mib = mem_mib
-        # Raising a nice value needs no privilege, lowering one does: a suite run at a
-        # higher nice than `nice` without root leaves its hogs at its own.
-        own = os.getpriority(os.PRIO_PROCESS, 0)
-        self.nice = nice if own <= nice or os.geteuid() == 0 else own
+        self.nice = hog_nice(nice)
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def describe(self) -> dict[str, Any]:
@@ -87,8 +135,7 @@ class Hogs:
                 "memory_hog_mib": self.mem_mib if self.mem_hogs else None}
 
     def _at_hog_priority(self) -> None:
-        # In the child before exec: the hogs run at self.nice, not at the suite's own.
-        os.setpriority(os.PRIO_PROCESS, 0, self.nice)
+        _as_hog(self.nice)
 
     def __enter__(self) -> Hogs:
         try:
@@ -96,7 +143,8 @@ class Hogs:
                 assert self.command is not None
                 cmd = self.command.replace("{n}", str(self.count))
                 self.procs.append(subprocess.Popen(cmd, shell=True, start_new_session=True,
-                                                   stdout=subprocess.DEVNULL))
+                                                   stdout=subprocess.DEVNULL,
+                                                   preexec_fn=self._at_hog_priority))
             else:
                 for _ in range(self.count):
                     self.procs.append(subprocess.Popen(

@@ -407,6 +407,12 @@ def _llm_method_text(llm: dict[str, Any] | None) -> str:
             f"completion over {escape(str(llm.get('route')))}; {escape(text)}.</li>")
 
 
+def _client_priority_text(host: dict[str, Any]) -> str:
+    if host.get("policy") == "fifo":
+        return f"at SCHED_FIFO {host.get('rt_priority')} (--client-rt-priority), "
+    return f"at nice {host['nice']}, " if host.get("nice") is not None else ""
+
+
 def method_section(runs: list[dict[str, Any]], names: list[str]) -> str:
     out = ['<section id="method"><h2>How this was measured</h2>']
     for run, name in zip(runs, names, strict=True):
@@ -451,7 +457,7 @@ def method_section(runs: list[dict[str, Any]], names: list[str]) -> str:
             + _llm_method_text(run.get("llm")) +
             f"<li>Load generator: {escape(str(host.get('hostname')))}, "
             f"{host.get('cpus')} CPUs, kernel {escape(str(host.get('kernel')))}, "
-            + (f"at nice {host['nice']}, " if host.get("nice") is not None else "") +
+            + _client_priority_text(host) +
             f"load average at start {escape(str(host.get('loadavg')))}.</li>")
         for note in run.get("notes", []):
             out.append(f'<li class="err">{escape(note)}</li>')

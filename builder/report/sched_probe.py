@@ -158,6 +158,10 @@ class Probe:
         self._thread.start()
 
     def _sample(self) -> None:
+        # Never ahead of the service: a load generator at a real-time priority
+        # (--client-rt-priority) would otherwise start this thread at it too.
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         while not self._stop.wait(SAMPLE_S):
             self._record(read_threads(self.pid, self.proc))
 

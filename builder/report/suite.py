@@ -16,7 +16,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlos_build.report import heavy, llm, load, sched_probe, tensors
-from mlos_build.report.contention import Hogs, measure_memory_bandwidth
+from mlos_build.report.contention import (
+    Hogs,
+    client_priority,
+    measure_memory_bandwidth,
+    set_client_rt_priority,
+)
 from mlos_build.report.modes import mode_card, versions_from_health
 from mlos_build.report.service import ServiceError, Target, llm_models, onnx_models
 
@@ -48,6 +53,7 @@ class SuiteSettings:
     llm: bool = True
     llm_requests: int = 3
     llm_max_tokens: int = 16
+    client_rt_priority: int = 0  # >0: the load generator at SCHED_FIFO (contention.py)
 
 
 def _now() -> str:
@@ -58,7 +64,7 @@ def client_host() -> dict[str, Any]:
     """The machine driving the load (not necessarily the service's machine)."""
     return {"hostname": socket.gethostname(), "cpus": os.cpu_count(),
             "kernel": platform.release(), "python": platform.python_version(),
-            "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            **client_priority(),
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
@@ -68,6 +74,7 @@ def run_suite(target: Target, settings: SuiteSettings, label: str | None = None,
     """Run everything; every failure is recorded in the results rather than raised."""
     say = progress or (lambda msg: print(f"[report] {msg}", file=sys.stderr, flush=True))
     started = _now()
+    set_client_rt_priority(settings.client_rt_priority)  # before any client thread starts
     health = target.wait_healthy(wait_s)
     try:
         server_meta = target.get("/v2") or {}

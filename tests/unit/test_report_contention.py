@@ -155,3 +155,56 @@ def test_a_suite_that_may_not_lower_a_nice_value_keeps_its_hogs_at_its_own(
     with Hogs(1, "local", settle_s=0.1, nice=own - 1) as hogs:
         assert hogs.describe()["nice"] == own
         assert os.getpriority(os.PRIO_PROCESS, hogs.procs[0].pid) == own
+
+
+_FROM_A_REAL_TIME_SUITE = """
+import os, threading, time
+from mlos_build.report.contention import Hogs, client_priority, set_client_rt_priority
+from mlos_build.report.sched_probe import Probe
+set_client_rt_priority(1)
+seen = {}
+worker = threading.Thread(target=lambda: seen.update(worker=client_priority()["policy"]))
+worker.start(); worker.join()
+probe = Probe(os.getpid())
+probe.start()
+time.sleep(0.3)  # the sampler has set its own policy by now
+sampler = next(t for t in threading.enumerate() if t.name == "sched-probe")
+probe_policy = os.sched_getscheduler(sampler.native_id)
+probe.stop()
+with Hogs(1, "local", settle_s=0.1, mem_hogs=1, mem_mib=8) as hogs:
+    hog_policies = [os.sched_getscheduler(p.pid) for p in hogs.procs]
+print(client_priority()["policy"], client_priority()["rt_priority"], seen["worker"],
+      probe_policy, *hog_policies)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a real-time priority needs root")
+def test_a_real_time_load_generator_keeps_its_hogs_and_probe_at_normal_policy() -> None:
+    # The suite's threads inherit SCHED_FIFO (the load generator is not delayed by the
+    # hogs), but the hogs it starts and the probe's sampler run SCHED_OTHER (0): neither
+    # may get ahead of the service.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FROM_A_REAL_TIME_SUITE],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["fifo", "1", "fifo", "0", "0", "0"], out.stderr
+
+
+def test_an_unprivileged_real_time_load_generator_is_refused_with_what_to_do() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    code = ("import resource\n"
+            "resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))\n"
+            "from mlos_build.report.contention import set_client_rt_priority\n"
+            "set_client_rt_priority(1)\n")
+    cmd = [sys.executable, "-c", code]
+    if os.geteuid() == 0:  # root without CAP_SYS_NICE, as an unprivileged user runs it
+        if not shutil.which("setpriv"):
+            pytest.skip("setpriv (util-linux) is needed to drop CAP_SYS_NICE")
+        cmd = ["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "ClientPriorityError" in out.stderr and "as root" in out.stderr, out.stderr
