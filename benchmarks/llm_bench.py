@@ -59,6 +59,7 @@ SLOTS = 4
 AGREEMENT_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time",
                      "The best way to learn a language is"]
 AGREEMENT_TOKENS = 32
+AGREEMENT_TRIALS = 4
 SHARED_PREFIX = (
     "You are the help desk of a large public library. Answer in two short sentences, "
     "name the floor and the shelf where the reader finds the book, say whether it can be "
@@ -372,15 +373,26 @@ def measure_reuse(modes: dict[str, Mode], http: Callable[..., Mode],
 
 
 def measure_agreement(modes: dict[str, Mode], http: Callable[..., Mode]) -> dict[str, Any]:
-    """Greedy texts of the same prompts, one by one and four at once."""
+    """Greedy texts of the same prompts, one by one and four at once, AGREEMENT_TRIALS
+    times per server (which steps hold all four sequences depends on timing, so one trial
+    is noisy): per trial, how many texts came out the same both ways."""
     out: dict[str, Any] = {}
     for name in (n for n in ("llama-server", "mlos") if n in modes):
         fn = http(name, max_tokens=AGREEMENT_TOKENS)
         serial = [fn(p, 0) for p in AGREEMENT_PROMPTS]
-        together = concurrently(fn, AGREEMENT_PROMPTS)
-        out[name] = sum(a.text == b.text for a, b in zip(serial, together, strict=True))
-        print(f"agreement {name}: {out[name]}/{len(AGREEMENT_PROMPTS)}", file=sys.stderr)
+        out[name] = []
+        for _ in range(AGREEMENT_TRIALS):
+            together = concurrently(fn, AGREEMENT_PROMPTS)
+            out[name].append(sum(a.text == b.text for a, b in zip(serial, together,
+                                                                  strict=True)))
+        print(f"agreement {name}: {out[name]} of {len(AGREEMENT_PROMPTS)}", file=sys.stderr)
     return out
+
+
+def _trials(counts: Any, n: int) -> str:
+    if not isinstance(counts, list):
+        return str(counts)
+    return f"{', '.join(map(str, counts))} of {n} ({sum(counts)}/{n * len(counts)} in all)"
 
 
 def write_markdown(path: Path, r: dict[str, Any]) -> None:
@@ -454,8 +466,8 @@ each time, one request at a time, {r['runs']} requests after one that fills the 
 The {n} prompts of `tests/unit/test_llm_batch.py`, {AGREEMENT_TOKENS} greedy tokens each,
 sent one by one and then four at once: texts identical in both ways (llama.cpp's float
 sums depend on how many sequences share a batch, so a greedy choice between two close
-tokens can flip): llama-server {r['agreement']['llama-server']}/{n}, MLOS
-{r['agreement']['mlos']}/{n}.
+tokens can flip), in each of {AGREEMENT_TRIALS} trials: llama-server
+{_trials(r['agreement']['llama-server'], n)}, MLOS {_trials(r['agreement']['mlos'], n)}.
 
 Machine: {r['cpus']} CPUs shared with other work; load average before
 {r['loadavg_before'][0]:.2f}, after {r['loadavg_after'][0]:.2f} (1-minute).

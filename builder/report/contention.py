@@ -70,10 +70,11 @@ def set_client_rt_priority(priority: int) -> None:
         return
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-    except (PermissionError, OSError) as exc:
+    except OSError as exc:
         raise ClientPriorityError(
             f"cannot run the load generator at SCHED_FIFO {priority} ({exc}): run the suite "
-            "as root (or with CAP_SYS_NICE), or leave --client-rt-priority out") from exc
+            f"as root (or with CAP_SYS_NICE, or a RLIMIT_RTPRIO of at least {priority}), or "
+            "leave --client-rt-priority out") from exc
 
 
 def client_priority() -> dict[str, Any]:
@@ -95,10 +96,16 @@ def hog_nice(wanted: int = HOG_NICE) -> int:
     return wanted if own <= wanted or os.geteuid() == 0 else own
 
 
-def _as_hog(nice: int) -> None:
-    """In a hog's child before exec: SCHED_OTHER at `nice`, not the suite's policy."""
+def normal_policy() -> None:
+    """Put the calling thread back to SCHED_OTHER (a real-time suite's threads and children
+    start at its policy); always allowed."""
     if os.sched_getscheduler(0) != os.SCHED_OTHER:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def _as_hog(nice: int) -> None:
+    """In a hog's child before exec: SCHED_OTHER at `nice`, not the suite's policy."""
+    normal_policy()
     os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 

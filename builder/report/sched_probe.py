@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlos_build.report.contention import normal_policy
+
 PROC = Path("/proc")
 # sched(7) policy numbers as /proc/<pid>/stat field 41 gives them.
 POLICIES = {0: "other", 1: "fifo", 2: "rr", 3: "batch", 5: "idle", 6: "deadline"}
@@ -160,8 +162,7 @@ class Probe:
     def _sample(self) -> None:
         # Never ahead of the service: a load generator at a real-time priority
         # (--client-rt-priority) would otherwise start this thread at it too.
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        normal_policy()
         while not self._stop.wait(SAMPLE_S):
             self._record(read_threads(self.pid, self.proc))
 
