@@ -12,6 +12,7 @@ joined and left the batch (on a shared, loaded machine only the order is stable)
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,8 @@ import httpx
 import openai
 import pytest
 from llm_support import add_model, gemma_path, start_server, wait_until
+
+from mlos_core.backends.llama_cpp_batch import JOIN_GAP_S, JOIN_MAX_S
 
 pytestmark = pytest.mark.llm
 
@@ -121,6 +124,32 @@ def test_a_step_hands_llama_cpp_its_sequences_in_order(
     batches = list(engine.journal.batches)[-(engine.journal.steps - start):]
     assert (0, 1, 2, 3) in batches, batches
     assert all(list(ids) == sorted(set(ids)) for ids in batches), batches
+
+
+def test_requests_sent_together_join_the_first_step_together(
+    server: Any, client: openai.OpenAI
+) -> None:
+    """Leaving idle, the engine waits for requests that keep coming within its join gap
+    (a few ms: the HTTP front delivers four simultaneous clients 1-5 ms apart). Widened
+    here so that a loaded machine's thread wake-ups stay inside it: four requests 50 ms
+    apart, all in the first step; with no window the first would decode alone."""
+    engine = server.plane.backend("gemma-order").engine
+    _wait(lambda: engine.running == 0)
+    engine.join_gap_s, engine.join_max_s = 1.0, 5.0
+    try:
+        start = len(engine.journal.events)
+        threads = []
+        for p in PROMPTS:
+            threads.append(threading.Thread(target=_complete, args=(client, "gemma-order",
+                                                                    p, 4)))
+            threads[-1].start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join(300)
+    finally:
+        engine.join_gap_s, engine.join_max_s = JOIN_GAP_S, JOIN_MAX_S
+    joins = [step for step, kind, _ in _events_since(engine, start) if kind == "join"]
+    assert len(joins) == 4 and len(set(joins)) == 1, _events_since(engine, start)
 
 
 def test_a_cancelled_stream_frees_its_slot_for_the_next_step(
