@@ -36,8 +36,9 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time",
 # Of PROMPTS, the number whose 32-token greedy text llama.cpp's own llama-server (built
 # from the vendored source, -np 4, one thread) gave identically with the four sent
 # together and one by one: llama.cpp's float sums depend on the batch size. Measured by
-# benchmarks/llm_bench.py (docs/llm-benchmarks.md, "Batch determinism": llama-server 1/4,
-# MLOS 4/4 in the same run); MLOS is held to at least llama-server's agreement.
+# benchmarks/llm_bench.py in 4 trials (docs/llm-benchmarks.md, "Batch determinism":
+# llama-server 2, 1, 1, 2; MLOS 2, 2, 2, 2 in the same run): MLOS is held to at least
+# the fewest llama-server gave in a trial.
 LLAMA_SERVER_AGREEMENT = 1
 LONG = "Write a long story about a dragon who learns to paint."
 
