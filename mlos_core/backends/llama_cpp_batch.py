@@ -12,9 +12,11 @@ free slots; cancelled ones leave; each running request adds either its next prom
 (prompt processing shares a budget of batch_size tokens per step) or the token it sampled
 last; one decode; then each request that has logits samples its next token with its own
 sampler chain (the same chain llama-cpp-python's Llama builds, so seeds and the sampling
-parameters mean what they meant) and checks end of sequence, stop strings and max_tokens
-on its own. Requests join and leave between steps: a cancelled stream's slot serves the
-next waiting request in the very next step.
+parameters mean what they meant; plain greedy requests take the arg max) and checks end
+of sequence, stop strings and max_tokens on its own. Leaving idle, the first step waits
+a moment for requests sent together with the first (JOIN_GAP_S). Requests join and leave
+between steps: a cancelled stream's slot serves the next waiting request in the very next
+step.
 
 Prompt reuse (`prompt_cache`): a slot keeps the tokens of its last request in the KV
 cache; a new request goes to the free slot sharing the longest prefix with its prompt and
