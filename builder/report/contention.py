@@ -33,6 +33,8 @@ import time
 from types import TracebackType
 from typing import Any
 
+from mlos_build.report.sched_probe import POLICIES, normal_policy
+
 WHERES = ("local", "host", "command")
 # The hogs' priority: normal, like other tenants' batch jobs, set explicitly whatever the
 # suite's own (recorded apart as client_host.nice).
@@ -80,13 +82,9 @@ def set_client_rt_priority(priority: int) -> None:
 def client_priority() -> dict[str, Any]:
     """The calling thread's policy, real-time priority and nice (recorded with results)."""
     policy = os.sched_getscheduler(0)
-    return {"policy": _POLICY_NAMES.get(policy, str(policy)),
+    return {"policy": POLICIES.get(policy, str(policy)),
             "rt_priority": os.sched_getparam(0).sched_priority,
             "nice": os.getpriority(os.PRIO_PROCESS, 0)}
-
-
-_POLICY_NAMES = {os.SCHED_OTHER: "other", os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr",
-                 os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle"}
 
 
 def hog_nice(wanted: int = HOG_NICE) -> int:
@@ -94,13 +92,6 @@ def hog_nice(wanted: int = HOG_NICE) -> int:
     suite run unprivileged at a higher nice than `wanted` leaves its hogs at its own."""
     own = os.getpriority(os.PRIO_PROCESS, 0)
     return wanted if own <= wanted or os.geteuid() == 0 else own
-
-
-def normal_policy() -> None:
-    """Put the calling thread back to SCHED_OTHER (a real-time suite's threads and children
-    start at its policy); always allowed."""
-    if os.sched_getscheduler(0) != os.SCHED_OTHER:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _as_hog(nice: int) -> None:

@@ -22,11 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlos_build.report.contention import normal_policy
-
 PROC = Path("/proc")
 # sched(7) policy numbers as /proc/<pid>/stat field 41 gives them.
 POLICIES = {0: "other", 1: "fifo", 2: "rr", 3: "batch", 5: "idle", 6: "deadline"}
+
+
+def normal_policy() -> None:
+    """Put the calling thread back to SCHED_OTHER (a real-time suite's threads and children
+    start at its policy); always allowed."""
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 SAMPLE_S = 0.1  # how often the CPU each thread last ran on is read
 
 

@@ -144,7 +144,6 @@ def test_hogs_run_at_normal_priority_beside_a_raised_suite() -> None:
     assert out.stdout.split() == ["-10", "0", "0"], out.stderr
 
 
-
 def test_a_suite_that_may_not_lower_a_nice_value_keeps_its_hogs_at_its_own(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Asked for hogs at a lower nice than its own, an unprivileged suite cannot lower it
