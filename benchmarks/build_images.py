@@ -3,9 +3,10 @@
 built and booted in the same run on the same machine.
 
 For each: cold build (empty package/image cache), warm build (same cache again), image
-size (apparent and allocated), and boot time under QEMU (the accelerator mlos-build picks):
-seconds from QEMU start to the serial login prompt, and for MLOS also to a healthy service
-(guest uptime when /health answered, from the smoke-test verdict).
+size (apparent and allocated), and one boot under QEMU (the accelerator mlos-build picks):
+seconds from QEMU start to the serial login prompt, for MLOS also to a healthy service
+(the smoke test's guest uptime when /health answered) and to its power-off, and for both
+the boot's milestones and longest units read from the console (builder/boot_timeline.py).
 
     .venv/bin/python benchmarks/build_images.py [--distribution ubuntu] [--variant full]
         [--profiles metal,vm]
@@ -24,9 +25,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mlos_build.qemu import OVMF_VARS, Machine, _first_existing, kvm_works, smoke_test
+from mlos_build.boot_timeline import LOGIN, MILESTONES, StampedConsole, Timeline
+from mlos_build.qemu import OVMF_VARS, Machine, _first_existing, kvm_works
 from mlos_build.render import ImageSpec, render
 from mlos_build.runner import run
 from mlos_build.targets.common import SYSTEM_PATH
@@ -34,7 +38,11 @@ from mlos_build.targets.mkosi_disk import MkosiDiskTarget
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "build-benchmarks.md"
-FLASH_START = "<!-- flash-benchmark:start -->"
+# This benchmark's part of the page; the rest (flash_throughput.py's section, the notes
+# written by hand) is kept.
+START, END = "<!-- build-benchmark:start -->", "<!-- build-benchmark:end -->"
+#: Image name -> the longest mkosi steps of its warm build (measure_mlos).
+WARM_STEPS: dict[str, list[tuple[str, float]]] = {}
 
 
 def plain_project(spec: ImageSpec, dest: Path) -> None:
@@ -70,23 +78,52 @@ def build_mlos(spec: ImageSpec, source: Path, out: Path) -> tuple[float, Path]:
     return time.monotonic() - start, result.image
 
 
-def seconds_to_login(image: Path, timeout: float = 600) -> float:
-    """Wall seconds from QEMU start until the serial console shows a login prompt."""
+@dataclass
+class BootRun:
+    """One boot: its console timeline, and host seconds from QEMU's start to the login
+    prompt and to the power-off (None when not seen); an MLOS image's smoke verdict."""
+
+    timeline: Timeline
+    login_s: float | None
+    poweroff_s: float | None
+    verdict: dict[str, Any] | None
+
+
+def boot(image: Path, smoke: bool, timeout_s: float = 900) -> BootRun:
+    """Boots the image once under QEMU, stamping its console as it grows. A plain image
+    is stopped at its login prompt; an MLOS image (`smoke`) gets the result port, runs its
+    smoke test and powers itself off, so its login, health and power-off are one boot."""
     with tempfile.TemporaryDirectory() as tmp:
         vars_file = Path(tmp) / "vars.fd"
         shutil.copy(_first_existing(OVMF_VARS), vars_file)
         console = Path(tmp) / "console.log"
-        argv = Machine(image).argv(vars_file, interactive=False, console_log=console)
+        result = Path(tmp) / "result.json" if smoke else None
+        argv = Machine(image).argv(vars_file, interactive=False, console_log=console,
+                                   result_file=result)
         start = time.monotonic()
-        with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as q:
+        poweroff = None
+        with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as q, \
+                StampedConsole(console, start) as stamped:
             try:
-                while time.monotonic() - start < timeout:
-                    if console.exists() and re.search(rb"login: ", console.read_bytes()):
-                        return time.monotonic() - start
-                    time.sleep(0.5)
-                raise RuntimeError(f"{image.name}: no login prompt within {timeout}s")
+                login = stamped.wait_for(LOGIN, timeout_s, lambda: q.poll() is None)
+                if smoke:
+                    q.wait(timeout=max(1.0, timeout_s - (time.monotonic() - start)))
+                    poweroff = time.monotonic() - start
+                elif login is None:
+                    raise RuntimeError(f"{image.name}: no login prompt within {timeout_s}s")
             finally:
-                q.kill()
+                if q.poll() is None:
+                    q.kill()
+        text = result.read_text().strip() if result is not None and result.exists() else ""
+        verdict = json.loads(text.splitlines()[-1]) if text else None
+        return BootRun(Timeline.read(stamped.stamped()), login, poweroff, verdict)
+
+
+def healthy_uptime(booted: BootRun) -> float | None:
+    """Guest seconds at which the smoke test found /health answering."""
+    detail = ((booted.verdict or {}).get("checks", {}).get("health") or {}).get("detail", "")
+    match = re.search(r"at uptime ([0-9.]+)s", str(detail))
+    return float(match.group(1)) if match else None
 
 
 # A line of mlos-build's build log: seconds since mkosi started, then mkosi's output.
@@ -119,21 +156,71 @@ def size(image: Path) -> str:
     return f"{st.st_size / 1024**3:.2f} GiB raw, {st.st_blocks * 512 / 1024**3:.2f} GiB allocated"
 
 
-def measure_mlos(spec: ImageSpec, source: Path, out: Path) -> dict[str, str]:
+def measure_plain(spec: ImageSpec, work: Path) -> tuple[dict[str, str], BootRun,
+                                                       dict[str, float]]:
+    """A plain mkosi image with `spec`'s kernel packages: cold and warm build, size, boot."""
+    plain_project(spec, work / "projects")
+    out = work / "out"
     row: dict[str, str] = {}
+    secs: dict[str, float] = {}
     for label in ("cold", "warm"):
-        secs, image = build_mlos(spec, source, out)
-        row[f"{label} build"] = f"{secs:.0f} s"
+        secs[label] = build_plain(work / "projects" / "plain", out, work / "cache")
+        row[f"{label} build"] = f"{secs[label]:.0f} s"
+    image = out / "plain.raw"
     row["image size"] = size(image)
-    row["boot to login prompt"] = f"{seconds_to_login(image):.0f} s"
-    result = smoke_test(image, lambda line: None)
-    detail = result.verdict["checks"]["health"]["detail"]
-    match = re.search(r"at uptime ([0-9.]+)s", detail)
+    booted = boot(image, smoke=False)
+    row["boot to login prompt"] = f"{booted.login_s:.0f} s"
+    return row, booted, secs
+
+
+def measure_mlos(spec: ImageSpec, source: Path, out: Path) -> tuple[dict[str, str], BootRun,
+                                                                  dict[str, float]]:
+    """The MLOS image: cold and warm build, size, and one boot with its smoke test."""
+    row: dict[str, str] = {}
+    secs: dict[str, float] = {}
+    for label in ("cold", "warm"):
+        secs[label], image = build_mlos(spec, source, out)
+        row[f"{label} build"] = f"{secs[label]:.0f} s"
+    # The warm build's log (each line stamped with mkosi's seconds): where it went.
+    WARM_STEPS[spec.name] = mkosi_steps(image.with_suffix(".build.log"), top=6)
+    row["image size"] = size(image)
+    booted = boot(image, smoke=True)
+    row["boot to login prompt"] = f"{booted.login_s:.0f} s" if booted.login_s else "not seen"
+    healthy = healthy_uptime(booted)
     row["boot to healthy service"] = (
-        f"{float(match.group(1)):.0f} s guest uptime" if match else detail)
+        f"{healthy + (booted.timeline.kernel_start_s or 0):.0f} s ({healthy:.0f} s guest uptime)"
+        if healthy is not None else "not healthy")
+    ok = bool((booted.verdict or {}).get("ok"))
     row["smoke test (boot to power-off)"] = (
-        f"{result.seconds:.0f} s, {'passed' if result.ok else 'FAILED'}")
-    return row
+        f"{booted.poweroff_s:.0f} s, {'passed' if ok else 'FAILED'}" if booted.poweroff_s
+        else "no power-off")
+    return row, booted, secs
+
+
+def timeline_table(boots: dict[str, BootRun]) -> list[str]:
+    """Host seconds since QEMU started at each milestone, one column per image."""
+    names = ["kernel starts (firmware, systemd-boot, loading the UKI)",
+             *(name for name, _, _ in MILESTONES), "service healthy (smoke test)"]
+    cells: dict[str, list[str]] = {}
+    for column, booted in boots.items():
+        at = dict(booted.timeline.milestones)
+        kernel = booted.timeline.kernel_start_s
+        if kernel is not None:
+            at[names[0]] = kernel
+        healthy = healthy_uptime(booted)
+        if healthy is not None and kernel is not None:
+            at[names[-1]] = kernel + healthy
+        cells[column] = [f"{at[n]:.1f} s" if n in at else "-" for n in names]
+    lines = ["| milestone (seconds since QEMU started) | " + " | ".join(boots) + " |",
+             "|---" * (len(boots) + 1) + "|"]
+    lines += ["| " + " | ".join([n, *(cells[c][i] for c in boots)]) + " |"
+              for i, n in enumerate(names)]
+    lines += ["", "Longest units (from systemd's \"Starting\" to its \"Started\"/\"Finished\" "
+              "line on the console, host time; initrd and root file system together):", ""]
+    for column, booted in boots.items():
+        units = ", ".join(f"{name} {secs:.1f} s" for name, secs in booted.timeline.slowest_units)
+        lines.append(f"- {column}: {units or 'none seen'}")
+    return lines
 
 
 def main() -> None:
@@ -155,34 +242,33 @@ def main() -> None:
                                  cache_dir=args.work_dir / f"mlos-cache-{p}",
                                  with_llm=args.with_llm)
              for p in profiles}
-    rows: dict[str, dict[str, str]] = {"plain mkosi": {}}
-
-    # The plain image uses the first profile's kernel.
-    spec = specs[profiles[0]]
-    plain_cache = args.work_dir / "plain-cache"
-    plain_project(spec, args.work_dir / "projects")
-    plain_out = args.work_dir / "plain-out"
-    for label in ("cold", "warm"):
-        secs = build_plain(args.work_dir / "projects" / "plain", plain_out, plain_cache)
-        rows["plain mkosi"][f"{label} build"] = f"{secs:.0f} s"
-    plain_image = plain_out / "plain.raw"
-    rows["plain mkosi"]["image size"] = size(plain_image)
-    rows["plain mkosi"]["boot to login prompt"] = f"{seconds_to_login(plain_image):.0f} s"
+    rows: dict[str, dict[str, str]] = {}
+    boots: dict[str, BootRun] = {}
+    # Each MLOS profile beside a plain image with that profile's kernel packages (metal's
+    # general kernel and firmware are most of a plain image's size and build time).
     for profile, profile_spec in specs.items():
-        rows[f"MLOS {profile}"] = measure_mlos(profile_spec, args.mlos_source,
-                                               args.work_dir / f"mlos-out-{profile}")
-
+        plain = f"plain mkosi, {profile} kernel"
+        rows[plain], boots[plain], plain_secs = measure_plain(
+            profile_spec, args.work_dir / f"plain-{profile}")
+        mlos = f"MLOS {profile}"
+        rows[mlos], boots[mlos], mlos_secs = measure_mlos(
+            profile_spec, args.mlos_source, args.work_dir / f"mlos-out-{profile}")
+        for label in ("cold", "warm"):
+            rows[mlos][f"{label} build against plain's"] = \
+                f"{mlos_secs[label] / plain_secs[label]:.2f}x"
     columns = list(rows)
     metrics = list(rows[columns[-1]])
+    spec = specs[profiles[0]]
+    kernels = "; ".join(f"{p}: {' '.join(s.distribution_profile.kernel_packages)}"
+                        for p, s in specs.items())
     accel = "KVM" if kvm_works() else "TCG (-cpu max)"
     lines = [
-        "<!-- SPDX-License-Identifier: Apache-2.0 -->",
-        "# Image build benchmarks",
-        "",
+        START,
         f"`{spec.name}` ({', '.join(profiles)} profile{'s' if len(profiles) > 1 else ''}) "
-        f"beside a plain mkosi minimal image of {spec.distribution.name} "
-        f"{spec.release} (systemd, {' '.join(spec.distribution_profile.kernel_packages)}, "
-        "systemd-boot), built and booted in the same run by `benchmarks/build_images.py`.",
+        f"each beside a plain mkosi minimal image of {spec.distribution.name} "
+        f"{spec.release} with the same profile's kernel packages ({kernels}; plus systemd "
+        "and systemd-boot), built and booted in the same run by "
+        "`benchmarks/build_images.py`.",
         "Cold: empty package and image caches; warm: the same build again with them. "
         f"Boots under QEMU with {accel}, 2 vCPUs, 2 GiB.",
         f"Host: {platform.node()}, {platform.machine()}, "
@@ -193,6 +279,16 @@ def main() -> None:
         "|---" * (len(columns) + 1) + "|",
         *["| " + " | ".join([m, *(rows[c].get(m, "-") for c in columns)]) + " |"
           for m in metrics],
+        "",
+        "Each image booted once for these rows; its console, stamped with host time as "
+        "QEMU wrote it (builder/boot_timeline.py), gives where the boot went:",
+        "",
+        *timeline_table(boots),
+        "",
+        "The MLOS warm builds' longest mkosi steps (from the build log's timestamps):",
+        "",
+        *(f"- {name}: " + ", ".join(f"{step} {secs:.1f} s" for step, secs in steps)
+          for name, steps in WARM_STEPS.items()),
         "",
         f"Load average at the end: {os.getloadavg()[0]:.1f} (boots and builds are CPU bound: "
         "compare rows of one run, and rerun on a busy machine).",
@@ -210,13 +306,17 @@ def main() -> None:
         f"{args.distribution} --variant {args.variant} --profiles {','.join(profiles)}"
         + ("" if spec.with_llm else " --without-llm")
         + "` (10-20 minutes per profile on 2 cores, TCG).",
-        "",
+        END,
     ]
-    # Other benchmarks' sections of the same page (flash_throughput.py's) are kept.
+    section = "\n".join(lines)
     old = DOC.read_text() if DOC.exists() else ""
-    kept = old[old.index(FLASH_START):] if FLASH_START in old else ""
-    DOC.write_text("\n".join(lines) + ("\n\n" + kept if kept else ""))
-    print("\n".join(lines))
+    if START in old and END in old:
+        new = old[:old.index(START)] + section + old[old.index(END) + len(END):]
+    else:
+        new = ("<!-- SPDX-License-Identifier: Apache-2.0 -->\n# Image build benchmarks\n\n"
+               + section + "\n" + old)
+    DOC.write_text(new)
+    print(section)
     print(json.dumps(rows, indent=2))
 
 
