@@ -275,15 +275,16 @@ class Clients:
 
 
 def mlos_server(repo: Path, tmp: Path, rest: int, grpc_port: int,
-                 tree: Path | None = None, transport_only: bool = False
+                 tree: Path | None = None, cached: str | None = None
                  ) -> subprocess.Popen[bytes]:
     """`mlos-core serve` from this tree, or from `tree` (run there, so its mlos_core is
-    the one imported); `transport_only`: core_grpc_transport.py's cached ModelInfer."""
+    the one imported); `cached` ("answer" or "model"): core_grpc_transport.py's server
+    with that part of the work replaced by its first result."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
-    entry = [str(ROOT / "benchmarks" / "core_grpc_transport.py")] if transport_only \
-        else ["-m", "mlos_core"]
+    entry = [str(ROOT / "benchmarks" / "core_grpc_transport.py"), f"--cache={cached}"] \
+        if cached else ["-m", "mlos_core"]
     return subprocess.Popen([
         sys.executable, *entry, "serve", "--rest-port", str(rest),
         "--grpc-port", str(grpc_port), "--model-repository", str(repo),
