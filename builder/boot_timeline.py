@@ -4,11 +4,12 @@
 The host stamps each console line with the seconds since QEMU started (`StampedConsole`).
 Kernel messages carry the guest's own clock (`[   12.345678] ...`), so the smallest
 difference between the two is what the firmware, the boot loader and loading the kernel
-took before the guest's clock started; every other line's guest time is its host time less
-that. `Timeline` turns the stamped lines into the milestones systemd prints on the console
-(its status lines: `Welcome to`, `Reached target ...`, `Started ...`, the login prompt) and
-the units that took longest from "Starting X..." to "Started/Finished X". Nothing in the
-image is changed for it: a plain mkosi image and an MLOS image are read the same way.
+took before the guest's clock started: adding it turns a guest uptime (the smoke test's
+"healthy at uptime N") into host time. `Timeline` turns the stamped lines into the
+milestones systemd prints on the console (its status lines: `Welcome to`, `Reached target
+...`, `Started ...`, the login prompt) and the units that took longest from "Starting
+X..." to "Started/Finished X". Nothing in the image is changed for it: a plain mkosi
+image and an MLOS image are read the same way.
 """
 
 from __future__ import annotations
