@@ -51,6 +51,7 @@ from core_clients import (
     Clients,
     Result,
     accumulate,
+    alternating,
     fmt,
     measure,
     splice,
@@ -87,7 +88,7 @@ class Bench(Clients):
                      ("MLOS REST JSON (raw HTTP client)",
                       self.raw_json(self.rest, "/v2/models/mlp/infer", kserve_json))]
             for block in range(REST_BLOCKS):
-                for name, factory in order if block % 2 == 0 else order[::-1]:
+                for name, factory in alternating(order, block):
                     accumulate(pair, name, measure(name, "mlp", c, total // REST_BLOCKS,
                                                    factory))
             for result in pair.values():

@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 from core_clients import (
     Result,
     accumulate,
+    alternating,
     fmt,
     free_port,
     make_mlp,
@@ -107,7 +108,7 @@ def bench_batching(quick: bool, delay_us: int = 0) -> str:
         """Both paths in alternating blocks, so drift in the machine's load hits both."""
         for block in range(blocks):
             order = list(zip(("no batching", "dynamic batching"), models, strict=True))
-            for label, model in order if block % 2 == 0 else reversed(order):
+            for label, model in alternating(order, block):
                 part = measure(f"MLOS REST binary, {label}", model, c, total // blocks,
                                client(model))
                 accumulate(results, (prefix + label, c), part)

@@ -17,6 +17,7 @@ import numpy as np
 import requests
 import tritonclient.http as httpclient
 from core_clients import (
+    alternating,
     fmt,
     free_port,
     make_double,
@@ -58,8 +59,7 @@ def bench_bodies(quick: bool) -> str:
             inp.set_data_from_numpy(x, binary_data=True)
             out = [httpclient.InferRequestedOutput("y", binary_data=True)]
             for block in range(blocks):  # alternating blocks: drift hits both paths alike
-                order = list(servers) if block % 2 == 0 else list(reversed(servers))
-                for path in order:
+                for path in alternating(list(servers), block):
                     client, pid = clients[path], servers[path][0].pid
                     for _ in range(3):  # warm: the pool's first buffer, caches
                         client.infer("double", [inp], outputs=out)

@@ -17,6 +17,7 @@ from core_clients import (
     Clients,
     Result,
     accumulate,
+    alternating,
     cpu_seconds,
     fmt,
     free_port,
@@ -88,16 +89,14 @@ def bench_grpc(quick: bool, before: Path | None) -> str:
         for block in range(blocks):
             for c in (1, 8):
                 total = (300 if quick else 1000) * (1 if c == 1 else 2)
-                order = paths if block % 2 == 0 else list(reversed(paths))
-                for label, factory, pid in order:
+                for label, factory, pid in alternating(paths, block):
                     server0, client0 = cpu_seconds(pid), time.process_time()
                     part = measure(label, "mlp", c, total, factory)
                     spent = cpu.setdefault((label, c), [0.0, 0.0])
                     spent[0] += cpu_seconds(pid) - server0
                     spent[1] += time.process_time() - client0
                     accumulate(results, (label, c), part)
-            order = big_paths if block % 2 == 0 else list(reversed(big_paths))
-            for label, factory, pid in order:
+            for label, factory, pid in alternating(big_paths, block):
                 server0 = cpu_seconds(pid)
                 part = measure(label, "16MiB", 1, 10 if quick else 20, factory, warmup=2)
                 spent = big_cpu.setdefault(label, [0.0])

@@ -14,10 +14,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -54,6 +54,15 @@ class Result:
     @property
     def throughput(self) -> float:
         return len(self.latencies) / self.wall
+
+
+T = TypeVar("T")
+
+
+def alternating(paths: Sequence[T], block: int) -> list[T]:
+    """`paths` in the order block number `block` runs them: reversed every other block,
+    so a drift of the shared host's load hits every path alike."""
+    return list(paths) if block % 2 == 0 else list(reversed(paths))
 
 
 def accumulate(results: dict[Any, Result], key: Any, part: Result) -> None:
