@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,6 @@ DOC = REPO / "docs" / "build-benchmarks.md"
 # This benchmark's part of the page; the rest (flash_throughput.py's section, the notes
 # written by hand) is kept.
 START, END = "<!-- build-benchmark:start -->", "<!-- build-benchmark:end -->"
-#: Image name -> the longest mkosi steps of its warm build (measure_mlos).
-WARM_STEPS: dict[str, list[tuple[str, float]]] = {}
 
 
 def plain_project(spec: ImageSpec, dest: Path) -> None:
@@ -156,8 +154,18 @@ def size(image: Path) -> str:
     return f"{st.st_size / 1024**3:.2f} GiB raw, {st.st_blocks * 512 / 1024**3:.2f} GiB allocated"
 
 
-def measure_plain(spec: ImageSpec, work: Path) -> tuple[dict[str, str], BootRun,
-                                                       dict[str, float]]:
+@dataclass
+class Measured:
+    """One column of the page: its table cells, its boot, its build seconds ("cold",
+    "warm") and, for MLOS, the longest mkosi steps of its warm build."""
+
+    row: dict[str, str]
+    boot: BootRun
+    seconds: dict[str, float]
+    warm_steps: list[tuple[str, float]] = field(default_factory=list)
+
+
+def measure_plain(spec: ImageSpec, work: Path) -> Measured:
     """A plain mkosi image with `spec`'s kernel packages: cold and warm build, size, boot."""
     plain_project(spec, work / "projects")
     out = work / "out"
@@ -170,11 +178,10 @@ def measure_plain(spec: ImageSpec, work: Path) -> tuple[dict[str, str], BootRun,
     row["image size"] = size(image)
     booted = boot(image, smoke=False)
     row["boot to login prompt"] = f"{booted.login_s:.0f} s"
-    return row, booted, secs
+    return Measured(row, booted, secs)
 
 
-def measure_mlos(spec: ImageSpec, source: Path, out: Path) -> tuple[dict[str, str], BootRun,
-                                                                  dict[str, float]]:
+def measure_mlos(spec: ImageSpec, source: Path, out: Path) -> Measured:
     """The MLOS image: cold and warm build, size, and one boot with its smoke test."""
     row: dict[str, str] = {}
     secs: dict[str, float] = {}
@@ -182,7 +189,7 @@ def measure_mlos(spec: ImageSpec, source: Path, out: Path) -> tuple[dict[str, st
         secs[label], image = build_mlos(spec, source, out)
         row[f"{label} build"] = f"{secs[label]:.0f} s"
     # The warm build's log (each line stamped with mkosi's seconds): where it went.
-    WARM_STEPS[spec.name] = mkosi_steps(image.with_suffix(".build.log"), top=6)
+    steps = mkosi_steps(image.with_suffix(".build.log"), top=6)
     row["image size"] = size(image)
     booted = boot(image, smoke=True)
     row["boot to login prompt"] = f"{booted.login_s:.0f} s" if booted.login_s else "not seen"
@@ -194,7 +201,7 @@ def measure_mlos(spec: ImageSpec, source: Path, out: Path) -> tuple[dict[str, st
     row["smoke test (boot to power-off)"] = (
         f"{booted.poweroff_s:.0f} s, {'passed' if ok else 'FAILED'}" if booted.poweroff_s
         else "no power-off")
-    return row, booted, secs
+    return Measured(row, booted, secs, steps)
 
 
 def timeline_table(boots: dict[str, BootRun]) -> list[str]:
@@ -242,20 +249,18 @@ def main() -> None:
                                  cache_dir=args.work_dir / f"mlos-cache-{p}",
                                  with_llm=args.with_llm)
              for p in profiles}
-    rows: dict[str, dict[str, str]] = {}
-    boots: dict[str, BootRun] = {}
+    measured: dict[str, Measured] = {}
     # Each MLOS profile beside a plain image with that profile's kernel packages (metal's
     # general kernel and firmware are most of a plain image's size and build time).
     for profile, profile_spec in specs.items():
-        plain = f"plain mkosi, {profile} kernel"
-        rows[plain], boots[plain], plain_secs = measure_plain(
+        plain = measured[f"plain mkosi, {profile} kernel"] = measure_plain(
             profile_spec, args.work_dir / f"plain-{profile}")
-        mlos = f"MLOS {profile}"
-        rows[mlos], boots[mlos], mlos_secs = measure_mlos(
+        mlos = measured[f"MLOS {profile}"] = measure_mlos(
             profile_spec, args.mlos_source, args.work_dir / f"mlos-out-{profile}")
         for label in ("cold", "warm"):
-            rows[mlos][f"{label} build against plain's"] = \
-                f"{mlos_secs[label] / plain_secs[label]:.2f}x"
+            mlos.row[f"{label} build against plain's"] = \
+                f"{mlos.seconds[label] / plain.seconds[label]:.2f}x"
+    rows = {column: m.row for column, m in measured.items()}
     columns = list(rows)
     metrics = list(rows[columns[-1]])
     spec = specs[profiles[0]]
@@ -283,12 +288,13 @@ def main() -> None:
         "Each image booted once for these rows; its console, stamped with host time as "
         "QEMU wrote it (builder/boot_timeline.py), gives where the boot went:",
         "",
-        *timeline_table(boots),
+        *timeline_table({column: m.boot for column, m in measured.items()}),
         "",
         "The MLOS warm builds' longest mkosi steps (from the build log's timestamps):",
         "",
-        *(f"- {name}: " + ", ".join(f"{step} {secs:.1f} s" for step, secs in steps)
-          for name, steps in WARM_STEPS.items()),
+        *(f"- {profile_spec.name}: " + ", ".join(
+            f"{step} {secs:.1f} s" for step, secs in measured[f"MLOS {profile}"].warm_steps)
+          for profile, profile_spec in specs.items()),
         "",
         f"Load average at the end: {os.getloadavg()[0]:.1f} (boots and builds are CPU bound: "
         "compare rows of one run, and rerun on a busy machine).",
